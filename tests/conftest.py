@@ -12,8 +12,9 @@ from campushub.simulators.server import SimulatorCluster
 from campushub.simulators.settings import SimulatorSettings
 
 SMALL = 600  # students; staff, grades, bills and transactions follow
-# Quick retries: the fault tests exercise many of them.
-FAST_RETRY = RetryPolicy(attempts=8, base_delay=0.005, max_delay=0.05, total_time=30.0)
+# Quick retries, and many: with every fault knob on, 40% of attempts fail, and a sync of a few
+# hundred requests must not give up on one page by bad luck (0.4**16 ≈ 4e-7 per request).
+FAST_RETRY = RetryPolicy(attempts=16, base_delay=0.005, max_delay=0.05, total_time=30.0)
 
 
 def start_cluster(students: int, **settings: object) -> SimulatorCluster:

@@ -9,7 +9,7 @@ from campushub.connectors.base import AuthError, Batch, MalformedPageError
 from campushub.simulators.academic import CORRUPTIBLE
 from campushub.simulators.malformed import malformed_kind, repeats_previous_page
 from campushub.simulators.server import SimulatorCluster
-from tests.conftest import apply_changes, http_settings, set_faults
+from tests.conftest import FAST_RETRY, apply_changes, http_settings, set_faults
 
 
 def connector(cluster: SimulatorCluster, page_size: int = 97, **overrides: object) -> AcademicSource:
@@ -96,7 +96,7 @@ def test_page_that_stays_malformed_fails_with_source_url_and_page(simulators: Si
     with pytest.raises(MalformedPageError) as raised:
         pull(simulators, "students")
     message = str(raised.value)
-    assert message.startswith("academic: gave up after 8 attempts")
+    assert message.startswith(f"academic: gave up after {FAST_RETRY.attempts} attempts")
     assert "/api/v1/students" in message and "(page 1)" in message
 
 

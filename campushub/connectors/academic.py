@@ -8,7 +8,15 @@ from typing import Any
 
 import httpx
 
-from campushub.connectors.base import Batch, HttpSettings, HttpSource, PageWindow, SourceError, StreamSpec
+from campushub.connectors.base import (
+    Batch,
+    HttpSettings,
+    HttpSource,
+    PageRequest,
+    PageWindow,
+    SourceError,
+    StreamSpec,
+)
 from campushub.connectors.settings import http_settings_from_env, require_env
 
 ISO_MS = "%Y-%m-%dT%H:%M:%S.%f%z"
@@ -87,18 +95,21 @@ class AcademicSource(HttpSource):
         """
         spec = self.spec(stream)
         window = PageWindow(spec)
-        params: dict[str, Any] = {"pageSize": self.page_size}
+        params: dict[str, Any] = {"pageSize": self.page_size, "pageNo": 1}
         if cursor and stream in INCREMENTAL:
             params["updated_since"] = cursor
-        page = 1
-        while True:
-            data = self.fetch(
-                "GET", f"/api/v1/{stream}", self._data, page=f"page {page}", params={**params, "pageNo": page}
-            )
-            params.setdefault("updated_until", data["serverTime"])
-            last = page * self.page_size >= data["total"] or not data["list"]
-            next_cursor = params["updated_until"] if last and stream in INCREMENTAL else None
-            yield self.batch(stream, f"page {page}", window.page(data["list"]), next_cursor)
-            if last:
-                return
-            page += 1
+
+        def following(request: PageRequest, data: dict[str, Any]) -> PageRequest | None:
+            page = request.params["pageNo"]
+            if page * self.page_size >= data["total"] or not data["list"]:
+                return None
+            # Later pages are pinned to the first page's server time, so they page a stable set.
+            pinned = {"updated_until": data["serverTime"], **request.params, "pageNo": page + 1}
+            return PageRequest(request.path, pinned, f"page {page + 1}")
+
+        first = PageRequest(f"/api/v1/{stream}", params, "page 1")
+        until = None
+        for request, data, last in self.paginate(first, self._data, following):
+            until = until or data["serverTime"]
+            next_cursor = until if last and stream in INCREMENTAL else None
+            yield self.batch(stream, request.label, window.page(data["list"]), next_cursor)

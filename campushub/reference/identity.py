@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from operator import mul
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
@@ -15,8 +16,8 @@ _CHECK_CHARS = "10X98765432"
 
 def check_character(first17: str) -> str:
     """The check character that completes the first 17 digits."""
-    total = sum(int(digit) * weight for digit, weight in zip(first17, _WEIGHTS, strict=True))
-    return _CHECK_CHARS[total % 11]
+    # map() over C-level callables: this runs once per person record in every sync.
+    return _CHECK_CHARS[sum(map(mul, map(int, first17), _WEIGHTS)) % 11]
 
 
 def make_id_number(area: str, birth: dt.date, sequence: int) -> str:

@@ -115,7 +115,9 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
         until: dt.datetime | None,
         updated_at: Callable[[int], dt.datetime],
     ) -> Response:
-        server_time = until or dt.datetime.now(CST)
+        now = dt.datetime.now(CST)
+        # Served with millisecond precision: select with exactly the instant the client sees.
+        server_time = until or now.replace(microsecond=now.microsecond // 1000 * 1000)
         chosen = selection.select(stream, count, since, server_time, updated_at)
         repeat = repeats_previous_page(world.seed, stream, page, faults.malformed_rate)
         indices = page_slice(chosen, page, size, repeat)

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -107,13 +108,11 @@ class ChangeOverlay:
 
     # ------------------------------------------------------------------ writing
     def _tick(self) -> dt.datetime:
-        """Now, but strictly after the snapshot and after every earlier change."""
+        """Now, but strictly after the snapshot and after every earlier change (by 1 µs)."""
         from campushub.simulators.world import CST, SNAPSHOT
 
-        now = dt.datetime.now(CST)
-        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # sources keep milliseconds
-        floor = max(SNAPSHOT, self._last_at or SNAPSHOT) + dt.timedelta(milliseconds=1)
-        self._last_at = max(now, floor)
+        floor = max(SNAPSHOT, self._last_at or SNAPSHOT) + dt.timedelta(microseconds=1)
+        self._last_at = max(dt.datetime.now(CST), floor)
         return self._last_at
 
     def _record(self, at: dt.datetime, kind: str, system: str, stream: str, key: str, index: int | None = None) -> None:
@@ -152,6 +151,11 @@ class ChangeOverlay:
             for _ in range(count):
                 kind = rng.choices(choices, weights)[0]
                 handlers[kind](rng, self._tick())
+            # A burst is stamped 1 µs apart, a little ahead of the clock: wait until it is in
+            # the past, so that a pull right after sees every change just applied.
+            ahead = (self._last_at - dt.datetime.now(self._last_at.tzinfo)).total_seconds() if self._last_at else 0
+            if ahead > 0:
+                time.sleep(ahead)
             return self.log[first:]
 
     def _random_student(self, rng: random.Random) -> int:

@@ -61,6 +61,8 @@ class SimulatorCluster:
         for name, (app, faults) in build_apps(self.world, self.settings).items():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Without it, small answers wait on Nagle's algorithm: ~40 ms per request on loopback.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.bind((host, ports.get(name, 0)))
             self.services[name] = RunningService(name, app, faults, sock)
         self._servers = [

@@ -512,7 +512,9 @@ class World:
                 amount = {"20": 520_000, "14": 800_000, "11": 1_000_000}[level] + rng.choice((0, 40_000, 160_000))
             else:
                 amount = rng.choice((120_000, 150_000, 180_000))
-            if year < CURRENT_ACADEMIC_YEAR:
+            if index >= self.base_students:
+                paid = 0  # a new student's bills: payments arrive later, as logged changes
+            elif year < CURRENT_ACADEMIC_YEAR:
                 paid = amount if rng.random() < 0.985 else amount // 2
             else:
                 roll = rng.random()

@@ -8,6 +8,7 @@
 | student_status       | 学生当前状态码 (教育管理信息 data standard)   |
 | education_level      | GB/T 4658 学历代码 (level being studied)  |
 | professional_title   | GB/T 8561 专业技术职务代码                |
+| grade_band           | 五级制 bands; the code is the score a band counts as |
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TABLES = (
     "student_status",
     "education_level",
     "professional_title",
+    "grade_band",
 )
 
 

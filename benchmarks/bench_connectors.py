@@ -1,0 +1,161 @@
+"""Connector throughput against the raw rate of fetching the same pages, and memory vs scale.
+
+    python benchmarks/bench_connectors.py [--students 50000] [--only academic/grades ...]
+
+For every stream: the connector pulls it once while the exact requests it sends are recorded;
+then the raw path replays those requests with the same client and authentication and only
+parses the bodies (JSON, or GBK CSV for the finance export). Both are timed in the same run
+against the same stand-ins, so the ratio holds on a noisy machine. The stand-ins run in a
+separate process, as real source systems would.
+
+Memory: the peak RSS of this (client) process at the chosen scale is compared with a child run
+at a tenth of it; streaming connectors keep it flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from campushub.connectors import SOURCES, open_source, source_class
+
+SECRETS = {
+    "CAMPUSHUB_ACADEMIC_API_KEY": "dev-academic-key",
+    "CAMPUSHUB_HR_CLIENT_ID": "campushub",
+    "CAMPUSHUB_HR_CLIENT_SECRET": "dev-hr-secret",
+    "CAMPUSHUB_FINANCE_USER": "campushub",
+    "CAMPUSHUB_FINANCE_PASSWORD": "dev-finance-secret",
+    "CAMPUSHUB_CARD_APP_KEY": "campushub",
+    "CAMPUSHUB_CARD_APP_SECRET": "dev-card-secret",
+}
+
+
+@contextmanager
+def stand_ins(students: int) -> Iterator[dict[str, str]]:
+    """The four stand-in systems in their own process, on free loopback ports."""
+    env = {**os.environ, **SECRETS}
+    command = [sys.executable, "-m", "campushub.cli", "simulate", "--free-ports", "--students", str(students)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("URLS "):
+                urls = json.loads(line[5:])
+                break
+        else:
+            raise RuntimeError("stand-ins did not start")
+        os.environ.update(SECRETS)
+        os.environ.update({f"CAMPUSHUB_{name.upper()}_URL": url for name, url in urls.items()})
+        yield urls
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse_raw(response: httpx.Response) -> None:
+    """What any client must do with a page: decode it. Nothing else."""
+    if response.headers.get("content-type", "").startswith("text/csv"):
+        for _ in csv.reader(io.StringIO(response.content.decode("gbk"))):
+            pass
+    else:
+        json.loads(response.content)
+
+
+def measure(source_name: str, stream: str) -> tuple[int, float, float]:
+    """(records, connector seconds, raw seconds) for one stream."""
+    sent: list[httpx.URL] = []
+    with open_source(source_name) as source:
+        source.client.event_hooks["request"].append(
+            lambda request: sent.append(request.url) if request.method == "GET" else None
+        )
+        started = time.perf_counter()
+        records = sum(len(batch.records) for batch in source.read(stream))
+        connector_seconds = time.perf_counter() - started
+        source.client.event_hooks["request"].clear()
+
+        started = time.perf_counter()
+        for url in sent:
+            request = source.client.build_request("GET", url)
+            source.authenticate(request)
+            response = source.client.send(request)
+            response.raise_for_status()
+            parse_raw(response)
+        raw_seconds = time.perf_counter() - started
+    return records, connector_seconds, raw_seconds
+
+
+def all_streams() -> list[tuple[str, str]]:
+    return [(source_name, stream) for source_name in SOURCES for stream in source_class(source_name).streams]
+
+
+def pull_everything() -> int:
+    total = 0
+    for source_name, stream in all_streams():
+        with open_source(source_name) as source:
+            total += sum(len(batch.records) for batch in source.read(stream))
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=50_000)
+    parser.add_argument("--only", nargs="*", help="source/stream pairs to measure (default: all)")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.rss_child:
+        with stand_ins(args.students):
+            records = pull_everything()
+        print(json.dumps({"records": records, "peak_rss_mib": peak_rss_mib()}))
+        return
+
+    print(f"# connectors vs raw fetch+parse of the same pages, {args.students:,} students")
+    print(f"{'stream':28} {'records':>10} {'connector/s':>12} {'raw/s':>12} {'ratio':>7}")
+    worst = 1.0
+    pairs = [tuple(pair.split("/", 1)) for pair in args.only] if args.only else all_streams()
+    with stand_ins(args.students):
+        for source_name, stream in pairs:
+            records, connector_seconds, raw_seconds = measure(source_name, stream)
+            ratio = raw_seconds / connector_seconds
+            if records >= 10_000:
+                worst = min(worst, ratio)
+            print(
+                f"{source_name + '/' + stream:28} {records:>10,} {records / connector_seconds:>12,.0f} "
+                f"{records / raw_seconds:>12,.0f} {ratio:>7.0%}",
+                flush=True,
+            )
+    if args.only:
+        return
+    print(f"worst ratio over streams of 10,000+ records: {worst:.0%} (goal >= 70%)")
+    big = peak_rss_mib()
+    small_scale = max(500, args.students // 10)
+    child = subprocess.run(
+        [sys.executable, __file__, "--rss-child", "--students", str(small_scale)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    small = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    print(
+        f"peak RSS of the client: {big:.0f} MiB at {args.students:,} students, {small:.0f} MiB at "
+        f"{small_scale:,} students: {big / small:.2f}x (goal <= 1.5x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

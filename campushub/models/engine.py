@@ -1,0 +1,47 @@
+"""The one engine of the unified layer, configured by `CAMPUSHUB_DATABASE_URL`.
+
+Default: an SQLite file in the project's `data/` folder, in WAL mode so readers (the API) never
+block the pipeline's writer. Production: PostgreSQL through psycopg 3, e.g.
+`postgresql+psycopg://campushub@db.internal/campushub`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+DATA_DIR = Path(os.environ.get("CAMPUSHUB_DATA_DIR", "data"))
+
+
+def database_url() -> str:
+    url = os.environ.get("CAMPUSHUB_DATABASE_URL")
+    if url:
+        return url
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DATA_DIR / 'campushub.db'}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str | None = None, **options: Any) -> Engine:
+    url = url or database_url()
+    if url.startswith("sqlite"):
+        engine = create_engine(url, **options)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **options)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)

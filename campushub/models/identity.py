@@ -1,0 +1,317 @@
+"""Identity resolution: one `person` per human being across the four systems.
+
+1. Academic affairs and HR rows that carry the same valid ID number (compared by keyed hash)
+   are one person — a member of staff who is also a student is one person with two roles —
+   unless their names disagree: then the rows do not merge, and a conflict goes to a steward.
+2. A card links to the person behind its holder's 学号 or 工号, unless the name on the card
+   is someone else's: again a conflict, not a merge.
+3. Each person's golden fields are chosen by the survivorship rules, with provenance, and
+   every disagreement between sources is logged with the value that won and why.
+
+Only identities that changed since the last resolution (`resolved` false) are looked at, with
+whatever else shares their ID number or person, so an incremental run costs what changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, insert, select, update
+
+from campushub.models.base import utcnow
+from campushub.models.ingest import upsert
+from campushub.models.survivorship import Candidate, choose, rules
+from campushub.models.unified import CardAccount, Conflict, FieldProvenance, Person, SourceIdentity, Staff, Student
+
+PERSON_FIELDS = tuple(rules()["person"])
+_CHUNK = 900  # stay under SQLite's bound-parameter limit in IN lists
+
+
+@dataclass
+class ResolveResult:
+    identities: int = 0
+    persons_created: int = 0
+    persons_updated: int = 0
+    linked: int = 0
+    conflicts_opened: int = 0
+    field_disagreements: int = 0
+    touched_persons: set[int] = field(default_factory=set)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "identities_resolved": self.identities,
+            "persons_created": self.persons_created,
+            "persons_updated": self.persons_updated,
+            "links": self.linked,
+            "conflicts_opened": self.conflicts_opened,
+            "field_disagreements_logged": self.field_disagreements,
+        }
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+def _select_in(connection: Connection, column: Any, values: Iterable[Any], *where: Any) -> list[Row[Any]]:
+    table = column.table
+    rows: list[Row[Any]] = []
+    for chunk in _chunks(sorted(set(values))):
+        rows += connection.execute(select(table).where(column.in_(chunk), *where)).all()
+    return rows
+
+
+def _merge_decisions(connection: Connection) -> set[str]:
+    """Subjects a steward resolved by merging: their identities may join after all."""
+    rows = connection.execute(
+        select(Conflict.subject).where(Conflict.status == "resolved", Conflict.resolution.like("merge%"))
+    )
+    return set(rows.scalars())
+
+
+def _open_conflict(
+    connection: Connection, kind: str, subject: str, details: dict[str, Any], result: ResolveResult
+) -> None:
+    statement = upsert(connection, Conflict.__table__).values(
+        kind=kind, subject=subject, details=details, status="open", opened_at=utcnow()
+    )
+    inserted = connection.execute(statement.on_conflict_do_nothing(index_elements=["kind", "subject"])).rowcount
+    result.conflicts_opened += inserted
+
+
+def resolve(connection: Connection) -> ResolveResult:
+    result = ResolveResult()
+    pending = connection.execute(select(SourceIdentity).where(SourceIdentity.resolved.is_(False))).all()
+    result.identities = len(pending)
+    if not pending:
+        return result
+    merges = _merge_decisions(connection)
+    people = [row for row in pending if row.source in ("academic", "hr")]
+    cards = [row for row in pending if row.source == "card"]
+
+    # -- 1. academic and HR rows, grouped by ID number --------------------------------------
+    hashes = {row.id_number_hash for row in people if row.id_number_hash}
+    group_rows = _select_in(
+        connection, SourceIdentity.id_number_hash, hashes, SourceIdentity.source.in_(("academic", "hr"))
+    )
+    groups: dict[str, list[Row[Any]]] = defaultdict(list)
+    for row in group_rows:
+        groups[row.id_number_hash].append(row)
+    persons_by_hash = {p.id_number_hash: p.id for p in _select_in(connection, Person.id_number_hash, hashes)}
+
+    links: dict[int, int | None] = {}  # source_identity id -> person id
+    for digest, members in groups.items():
+        members.sort(key=lambda r: (r.source != "academic", r.source_key))  # the authoritative first
+        anchor = members[0]
+        subject = f"id:{digest[:16]}"
+        agreeing = [m for m in members if m.name == anchor.name]
+        disagreeing = [m for m in members if m.name != anchor.name]
+        if disagreeing and subject not in merges:
+            _open_conflict(
+                connection,
+                "same_id_different_name",
+                subject,
+                {
+                    "records": [{"source": m.source, "key": m.source_key, "name": m.name} for m in members],
+                    "why": "the same ID number carries different names; not merged",
+                },
+                result,
+            )
+            for member in disagreeing:
+                links[member.id] = None
+            members = agreeing
+        person_id = persons_by_hash.get(digest)
+        if person_id is None:
+            person_id = _create_person(connection, digest, result)
+            persons_by_hash[digest] = person_id
+        for member in members:
+            links[member.id] = person_id
+    # Rows without a usable ID number cannot match anyone: each is a person of its own.
+    for row in people:
+        if not row.id_number_hash:
+            links[row.id] = row.person_id or _create_person(connection, None, result)
+
+    # -- 2. cards, through their holder's 学号 / 工号 ----------------------------------------
+    holder_keys = {row.link.split(":", 1)[1] for row in cards if row.link}
+    holders = {
+        (("student" if h.source == "academic" else "staff"), h.source_key): h
+        for h in _select_in(
+            connection, SourceIdentity.source_key, holder_keys, SourceIdentity.source.in_(("academic", "hr"))
+        )
+    }
+    for card in cards:
+        kind, holder_no = card.link.split(":", 1)
+        holder = holders.get((kind, holder_no))
+        holder_person = links.get(holder.id, holder.person_id) if holder else None
+        subject = f"card:{card.source_key}"
+        if holder is None or holder_person is None:
+            links[card.id] = None  # the holder is not (yet) known; looked at again when it is
+            continue
+        if card.name != holder.name and subject not in merges:
+            _open_conflict(
+                connection,
+                "card_name_mismatch",
+                subject,
+                {
+                    "card_no": card.source_key,
+                    "holder": f"{kind}:{holder_no}",
+                    "name_on_card": card.name,
+                    "holder_name": holder.name,
+                    "why": "the card's name is not its holder's; one card, two people? not linked",
+                },
+                result,
+            )
+            links[card.id] = None
+            continue
+        links[card.id] = holder_person
+
+    _apply_links(connection, links, result)
+    _survive(connection, result)
+    return result
+
+
+def _create_person(connection: Connection, digest: str | None, result: ResolveResult) -> int:
+    person_id = connection.execute(
+        insert(Person).values(name="", id_number_hash=digest).returning(Person.id)
+    ).scalar_one()
+    result.persons_created += 1
+    return person_id
+
+
+def _apply_links(connection: Connection, links: dict[int, int | None], result: ResolveResult) -> None:
+    identities = _select_in(connection, SourceIdentity.id, links)
+    role_updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for identity in identities:
+        person_id = links[identity.id]
+        if person_id is not None:
+            result.linked += 1
+            result.touched_persons.add(person_id)
+        if identity.person_id is not None and identity.person_id != person_id:
+            result.touched_persons.add(identity.person_id)  # it lost a member: recompute it
+        role_updates[identity.source].append({"key": identity.source_key, "pid": person_id})
+    if identities:
+        connection.execute(
+            update(SourceIdentity)
+            .where(SourceIdentity.id == bindparam("iid"))
+            .values(person_id=bindparam("pid"), resolved=True)
+            .execution_options(synchronize_session=False),
+            [{"iid": identity.id, "pid": links[identity.id]} for identity in identities],
+        )
+    for source, rows in role_updates.items():
+        table, key = _ROLE_KEYS[source]
+        connection.execute(
+            update(table.__table__).where(key == bindparam("key")).values(person_id=bindparam("pid")), rows
+        )
+
+
+_ROLE_KEYS = {
+    "academic": (Student, Student.__table__.c.student_no),
+    "hr": (Staff, Staff.__table__.c.staff_no),
+    "card": (CardAccount, CardAccount.__table__.c.card_no),
+}
+
+
+def _survive(connection: Connection, result: ResolveResult) -> None:
+    """Golden fields for every touched person, with provenance and the disagreements logged."""
+    members_by_person: dict[int, list[Row[Any]]] = defaultdict(list)
+    for member in _select_in(connection, SourceIdentity.person_id, result.touched_persons):
+        members_by_person[member.person_id].append(member)
+    provenance: list[dict[str, Any]] = []
+    person_updates: list[dict[str, Any]] = []
+    for person_id in sorted(result.touched_persons):
+        members = members_by_person.get(person_id, [])
+        values: dict[str, Any] = {}
+        for name in PERSON_FIELDS:
+            column = "id_number_cipher" if name == "id_number" else name
+            candidates = [Candidate(m.source, m.source_key, getattr(m, column), m.as_of) for m in members]
+            winner, why = choose("person", name, candidates)
+            values[column] = winner.value if winner else None
+            if winner is None:
+                continue
+            provenance.append(
+                {
+                    "entity": "person",
+                    "entity_id": person_id,
+                    "field": name,
+                    "source": winner.source,
+                    "source_key": winner.source_key,
+                    "as_of": winner.as_of,
+                }
+            )
+            distinct = {c.value for c in candidates if c.value not in (None, "")}
+            if name != "id_number" and len(distinct) > 1:
+                _log_disagreement(connection, person_id, name, candidates, winner, why, result)
+        if not members:
+            values = {column: None for column in values} | {"name": ""}  # every member left: no facts
+        # Bound names must differ from column names in an executemany UPDATE: prefix them.
+        person_updates.append({"pid": person_id, **{f"v_{k}": v for k, v in values.items()}, "v_updated_at": utcnow()})
+    if person_updates:
+        table = Person.__table__
+        connection.execute(
+            update(table)
+            .where(table.c.id == bindparam("pid"))
+            .values({name[2:]: bindparam(name) for name in person_updates[0] if name != "pid"}),
+            person_updates,
+        )
+        result.persons_updated += len(person_updates)
+    for chunk in _chunks(provenance):
+        statement = upsert(connection, FieldProvenance.__table__)
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["entity", "entity_id", "field"],
+                set_={k: statement.excluded[k] for k in ("source", "source_key", "as_of")},
+            ),
+            chunk,
+        )
+
+
+def _log_disagreement(
+    connection: Connection,
+    person_id: int,
+    name: str,
+    candidates: list[Candidate],
+    winner: Candidate,
+    why: str,
+    result: ResolveResult,
+) -> None:
+    masked = name == "phone"
+    details = {
+        "field": name,
+        "values": [
+            {
+                "source": c.source,
+                "key": c.source_key,
+                "value": (str(c.value)[:3] + "****" + str(c.value)[-4:]) if masked and c.value else _plain(c.value),
+                "as_of": c.as_of.isoformat() if c.as_of else None,
+            }
+            for c in candidates
+            if c.value not in (None, "")
+        ],
+        "winner": winner.source,
+        "why": why,
+    }
+    subject = f"person:{person_id}:{name}"
+    table = Conflict.__table__
+    statement = upsert(connection, table).values(
+        kind="field_disagreement",
+        subject=subject,
+        person_id=person_id,
+        details=details,
+        status="auto",
+        resolution=why,
+        opened_at=utcnow(),
+    )
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["kind", "subject"], set_={"details": details, "resolution": why}
+        )
+    )
+    result.field_disagreements += 1
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.date) else value

@@ -1,0 +1,60 @@
+"""Protection of resident ID numbers: encrypted at rest, matched by a keyed hash.
+
+The key comes from `CAMPUSHUB_ID_KEY` (a Fernet key). In development, when it is unset, a key
+is generated on first use into `data/id.key` (git-ignored) and reused after. The number itself
+never appears in logs, metadata or error messages: callers get ciphertext, a hash, or a mask.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from functools import cache
+
+from cryptography.fernet import Fernet
+
+from campushub.models.engine import DATA_DIR
+
+
+@cache
+def _key() -> bytes:
+    configured = os.environ.get("CAMPUSHUB_ID_KEY")
+    if configured:
+        return configured.encode()
+    path = DATA_DIR / "id.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(Fernet.generate_key())
+        path.chmod(0o600)
+    return path.read_bytes().strip()
+
+
+@cache
+def _fernet() -> Fernet:
+    return Fernet(_key())
+
+
+@cache
+def _hash_key() -> bytes:
+    # A separate key for hashing, derived from the same secret, so a hash leaks nothing usable
+    # for decryption and the two uses of the key never mix.
+    return hmac.new(base64.urlsafe_b64decode(_key()), b"campushub id-number hash", hashlib.sha256).digest()
+
+
+def encrypt_id(id_number: str) -> bytes:
+    return _fernet().encrypt(id_number.encode())
+
+
+def decrypt_id(cipher: bytes) -> str:
+    return _fernet().decrypt(cipher).decode()
+
+
+def id_hash(id_number: str) -> str:
+    return hmac.new(_hash_key(), id_number.upper().encode(), hashlib.sha256).hexdigest()
+
+
+def mask_id(id_number: str) -> str:
+    """First 3 and last 4 characters shown: 440***********1234."""
+    return id_number[:3] + "*" * (len(id_number) - 7) + id_number[-4:]

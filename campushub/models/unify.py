@@ -1,0 +1,598 @@
+"""From raw landing to the unified layer: normalise each landed record into its entity's row.
+
+Each (source, stream) has one `Mapping`, declared in `MAPPINGS` below: the target table, its
+natural key, and a pure function from the payload as received to the normalised row (plus, for
+people, the row that feeds identity resolution). `unify()` applies a mapping to the raw records
+landed since its watermark, in one transaction with the watermark itself, and writes only rows
+whose content changed. A record that cannot be normalised is quarantined with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, or_, select, text, update
+
+from campushub.models import normalize as norm
+from campushub.models.base import utcnow
+from campushub.models.ingest import upsert
+from campushub.models.landing import QuarantinedRecord, RawRecord, SyncState
+from campushub.models.protect import encrypt_id, id_hash
+from campushub.models.unified import (
+    CardAccount,
+    CardTransaction,
+    ClassGroup,
+    Course,
+    FeeBill,
+    Grade,
+    Major,
+    OrgUnit,
+    Payment,
+    SourceIdentity,
+    Staff,
+    Student,
+)
+from campushub.reference.codes import code_by_name
+
+CST = dt.timezone(dt.timedelta(hours=8))
+UNIVERSITY_CODE = "10566"  # the root org unit: 广东海洋大学's national institution code
+PROGRAMME_YEARS = {"11": 4, "14": 3, "20": 4, "30": 3}  # by GB/T 4658 level
+BILL_STATUS = {"已缴清": "paid", "部分缴费": "partial", "未缴费": "unpaid"}
+
+
+@dataclass(frozen=True)
+class Mapped:
+    row: dict[str, Any]
+    identity: dict[str, Any] | None = None  # a SourceIdentity row, for person streams
+
+
+@dataclass(frozen=True)
+class Mapping:
+    source: str
+    stream: str
+    table: Table
+    key: tuple[str, ...]
+    map: Callable[[dict[str, Any]], Mapped]
+    immutable: bool = False  # events: insert once, never update
+
+    @property
+    def watermark_stream(self) -> str:
+        return f"{self.source}.{self.stream}"
+
+
+# ---------------------------------------------------------------------------- mappers
+def _person_fields(name: str, id_number: str | None, phone: str | None) -> dict[str, Any]:
+    return {
+        "name": norm.person_name(name),
+        "id_number_hash": id_hash(id_number) if id_number else None,
+        "id_number_cipher": encrypt_id(id_number) if id_number else None,
+        "phone": norm.phone(phone) if phone else None,
+    }
+
+
+def student(p: dict[str, Any]) -> Mapped:
+    entry = norm.date(p["RXNY"] + "01", "%Y%m%d")
+    level = norm.code("education_level", p["PYCCM"]) if p.get("PYCCM") else None
+    updated = norm.timestamp(p["GXSJ"])
+    years = PROGRAMME_YEARS.get(level or "20", 4)
+    row = {
+        "student_no": p["XH"],
+        "college_code": p["YXDM"],
+        "major_code": p["ZYDM"],
+        "class_code": p["BJDM"],
+        "entry_date": entry,
+        "education_level": level,
+        "status": norm.code("student_status", p["XJZTM"]),
+        "expected_graduation": dt.date(entry.year + years, 6, 30),
+        "email": p.get("DZYX") or None,
+        "source_updated_at": updated,
+    }
+    identity = {
+        "source": "academic",
+        "source_key": p["XH"],
+        "role": "student",
+        "link": None,
+        "sex": norm.code("sex", p["XBM"]),
+        "birth_date": norm.date(p["CSRQ"], "%Y-%m-%d") if p.get("CSRQ") else None,
+        "ethnicity": norm.code("ethnicity", p["MZM"]) if p.get("MZM") else None,
+        "political_status": norm.code("political_status", p["ZZMMM"]) if p.get("ZZMMM") else None,
+        "email": p.get("DZYX") or None,
+        "as_of": updated,
+        **_person_fields(p["XM"], p.get("SFZJH"), p.get("SJHM")),
+    }
+    return Mapped(row, identity)
+
+
+def staff(p: dict[str, Any]) -> Mapped:
+    updated = dt.datetime.fromtimestamp(int(p["modifiedAt"]) / 1000, dt.UTC)
+    row = {
+        "staff_no": p["staffNo"],
+        "department_code": p["deptCode"],
+        "position_code": p.get("positionCode") or None,
+        "title_code": norm.code("professional_title", p["titleCode"]) if p.get("titleCode") else None,
+        "hire_date": norm.date(p["hireDate"], "%Y/%m/%d") if p.get("hireDate") else None,
+        "employment_status": p.get("employmentStatus") or None,
+        "salary_grade": int(p["salaryGrade"]) if p.get("salaryGrade") not in (None, "") else None,
+        "monthly_gross_fen": norm.fen(p["monthlyGrossFen"]) if p.get("monthlyGrossFen") else None,
+        "email": p.get("email") or None,
+        "source_updated_at": updated,
+    }
+    identity = {
+        "source": "hr",
+        "source_key": p["staffNo"],
+        "role": "staff",
+        "link": None,
+        "sex": norm.sex_from_text(p["gender"]),
+        "birth_date": norm.date(p["birthDate"], "%Y/%m/%d") if p.get("birthDate") else None,
+        "ethnicity": norm.code_from_name("ethnicity", p["ethnicity"]) if p.get("ethnicity") else None,
+        "political_status": (
+            norm.code_from_name("political_status", p["politicalStatus"]) if p.get("politicalStatus") else None
+        ),
+        "email": p.get("email") or None,
+        "as_of": updated,
+        **_person_fields(p["name"], p.get("idNumber"), p.get("mobile")),
+    }
+    return Mapped(row, identity)
+
+
+def card_account(p: dict[str, Any]) -> Mapped:
+    kind = {"1": "student", "2": "staff"}[p["id_type"]]
+    updated = norm.timestamp(p["update_time"], "%Y%m%d%H%M%S", CST)
+    row = {
+        "card_no": p["card_no"],
+        "holder_kind": kind,
+        "holder_no": p["id_no"],
+        "status": p["card_status"],
+        "balance_fen": norm.fen(p["balance"]),
+        "opened_on": norm.date(p["open_date"], "%Y%m%d") if p.get("open_date") else None,
+        "source_updated_at": updated,
+    }
+    identity = {
+        "source": "card",
+        "source_key": p["card_no"],
+        "role": "cardholder",
+        "link": f"{kind}:{p['id_no']}",
+        "sex": None,
+        "birth_date": None,
+        "ethnicity": None,
+        "political_status": None,
+        "email": None,
+        "as_of": updated,
+        **_person_fields(p["cust_name"], None, p.get("mobile")),
+    }
+    return Mapped(row, identity)
+
+
+def card_transaction(p: dict[str, Any]) -> Mapped:
+    at = norm.timestamp(p["txn_time"], "%Y%m%d%H%M%S", CST)
+    return Mapped(
+        {
+            "seq": int(p["seq"]),
+            "card_no": p["card_no"],
+            "amount_fen": norm.fen(p["txn_amt"]),
+            "balance_after_fen": norm.fen(p["balance_after"]),
+            "kind": p["txn_type"],
+            "merchant_code": p.get("merchant_code") or None,
+            "merchant_name": p.get("merchant_name") or None,
+            "at": at,
+            "day": at.astimezone(CST).date(),
+        }
+    )
+
+
+def grade(p: dict[str, Any]) -> Mapped:
+    text = p["CJ"].strip()
+    if text.isdigit():
+        score, band = int(text), None
+    else:
+        bands = code_by_name("grade_band")
+        if text not in bands:
+            raise ValueError(f"CJ {text!r} is neither a score nor a grade band")
+        score, band = int(bands[text]), text
+    return Mapped(
+        {
+            "student_no": p["XH"],
+            "course_code": p["KCDM"],
+            "course_name": p.get("KCMC"),
+            "term": p["XNXQ"],
+            "credits": float(p["XF"]) if p.get("XF") else None,
+            "score": score,
+            "grade_text": band,
+            "compulsory": p.get("KCXZ") == "必修",
+            "resit": p.get("KSXZ") == "补考",
+            "source_updated_at": norm.timestamp(p["GXSJ"]),
+        }
+    )
+
+
+def fee_bill(p: dict[str, Any]) -> Mapped:
+    status = p.get("缴费状态", "")
+    if status not in BILL_STATUS:
+        raise ValueError(f"缴费状态 {status!r} is not one of {', '.join(BILL_STATUS)}")
+    return Mapped(
+        {
+            "bill_no": p["账单号"],
+            "student_no": p["学号"],
+            "item_code": p["收费项目代码"],
+            "item_name": p.get("收费项目") or None,
+            "academic_year": p.get("学年") or None,
+            "amount_fen": norm.fen(p["应收金额(分)"]),
+            "paid_fen": norm.fen(p["已收金额(分)"]),
+            "status": BILL_STATUS[status],
+            "issued_on": norm.date(p["开票日期"], "%Y/%m/%d") if p.get("开票日期") else None,
+            "due_on": norm.date(p["截止日期"], "%Y/%m/%d") if p.get("截止日期") else None,
+            "source_updated_at": None,
+        }
+    )
+
+
+def payment(p: dict[str, Any]) -> Mapped:
+    paid_at = norm.timestamp(p["paidAt"])
+    return Mapped(
+        {
+            "payment_no": p["paymentNo"],
+            "bill_no": p["billNo"],
+            "student_no": p["studentNo"],
+            "amount_fen": norm.fen(p["amountFen"]),
+            "channel": p.get("channel"),
+            "paid_at": paid_at,
+            "source_updated_at": paid_at,
+        }
+    )
+
+
+def college(p: dict[str, Any]) -> Mapped:
+    return Mapped(
+        {
+            "code": p["YXDM"],
+            "name": p["YXMC"],
+            "kind": "college",
+            "academic_code": p["YXDM"],
+            "source_updated_at": None,
+        }
+    )
+
+
+def major(p: dict[str, Any]) -> Mapped:
+    return Mapped(
+        {
+            "code": p["ZYDM"],
+            "name": p["ZYMC"],
+            "college_code": p["YXDM"],
+            "years": int(p["XZ"]) if p.get("XZ") else None,
+            "source_updated_at": None,
+        }
+    )
+
+
+def class_group(p: dict[str, Any]) -> Mapped:
+    return Mapped(
+        {
+            "code": p["BJDM"],
+            "name": p["BJMC"],
+            "entry_year": int(p["NJ"]) if p.get("NJ") else None,
+            "source_updated_at": None,
+        }
+    )
+
+
+def course(p: dict[str, Any]) -> Mapped:
+    return Mapped(
+        {
+            "code": p["KCDM"],
+            "name": p["KCMC"],
+            "credits": float(p["XF"]) if p.get("XF") else None,
+            "college_code": p.get("KKYXDM") or None,
+            "source_updated_at": None,
+        }
+    )
+
+
+MAPPINGS: dict[tuple[str, str], Mapping] = {
+    (m.source, m.stream): m
+    for m in (
+        Mapping("academic", "colleges", OrgUnit.__table__, ("code",), college),
+        Mapping("academic", "majors", Major.__table__, ("code",), major),
+        Mapping("academic", "classes", ClassGroup.__table__, ("code",), class_group),
+        Mapping("academic", "courses", Course.__table__, ("code",), course),
+        Mapping("academic", "students", Student.__table__, ("student_no",), student),
+        Mapping("academic", "grades", Grade.__table__, ("student_no", "course_code", "term"), grade),
+        Mapping("hr", "staff", Staff.__table__, ("staff_no",), staff),
+        Mapping("finance", "fee_bills", FeeBill.__table__, ("bill_no",), fee_bill),
+        Mapping("finance", "payments", Payment.__table__, ("payment_no",), payment),
+        Mapping("card", "card_accounts", CardAccount.__table__, ("card_no",), card_account),
+        Mapping("card", "card_transactions", CardTransaction.__table__, ("seq",), card_transaction, immutable=True),
+    )
+}
+
+
+# ---------------------------------------------------------------------------- applying a mapping
+@dataclass
+class UnifyResult:
+    entity: str
+    read: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+    watermark_before: int = 0
+    watermark_after: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: UnifyResult) -> None:
+        for name in ("read", "inserted", "updated", "unchanged", "quarantined"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "read": self.read,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "quarantined": self.quarantined,
+            "watermark_before": self.watermark_before,
+            "watermark_after": self.watermark_after,
+            "duration_s": round(self.seconds, 3),
+        }
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    text = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def _watermark(connection: Connection, name: str) -> int:
+    value = connection.execute(
+        select(SyncState.cursor).where(SyncState.source == "unified", SyncState.stream == name)
+    ).scalar_one_or_none()
+    return int(value) if value else 0
+
+
+def _save_watermark(connection: Connection, name: str, value: int, run_id: str) -> None:
+    values = {"cursor": str(value), "last_success_at": utcnow(), "last_run_id": run_id}
+    statement = upsert(connection, SyncState.__table__).values(source="unified", stream=name, **values)
+    connection.execute(statement.on_conflict_do_update(index_elements=["source", "stream"], set_=values))
+
+
+def _quarantine(connection: Connection, mapping: Mapping, raw: Any, reason: str, run_id: str) -> None:
+    now = utcnow()
+    statement = upsert(connection, QuarantinedRecord.__table__).values(
+        source=mapping.source,
+        stream=mapping.stream,
+        source_key=raw.source_key or f"#{raw.content_hash}",
+        reason=reason,
+        reason_hash=hashlib.md5(reason.encode(), usedforsecurity=False).hexdigest()[:16],
+        payload=raw.payload,
+        first_seen=now,
+        last_seen=now,
+        run_id=run_id,
+        times_seen=1,
+    )
+    table = QuarantinedRecord.__table__
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=["source", "stream", "source_key", "reason_hash"],
+            set_={"last_seen": now, "run_id": run_id, "times_seen": table.c.times_seen + 1},
+        )
+    )
+
+
+def _write(
+    connection: Connection, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]], immutable: bool
+) -> tuple[int, int, int]:
+    """Upsert rows by natural key, skipping unchanged ones: (inserted, updated, unchanged)."""
+    if not rows:
+        return 0, 0, 0
+    if immutable:
+        statement = upsert(connection, table).on_conflict_do_nothing(index_elements=list(key))
+        inserted = connection.execute(statement, rows).rowcount
+        return inserted, 0, len(rows) - inserted
+    key_columns = [table.c[name] for name in key]
+    keys = [tuple(row[name] for name in key) for row in rows]
+    # Filter on the leading key column only (it is indexed): row-value IN lists defeat
+    # SQLite's planner. Rows sharing the leading value but not in this chunk do no harm.
+    leading = sorted({k[0] for k in keys})
+    existing = {
+        tuple(r[: len(key)]): r[-1]
+        for r in connection.execute(select(*key_columns, table.c.row_hash).where(key_columns[0].in_(leading)))
+    }
+    for row in rows:
+        row["row_hash"] = row_hash(row)
+        row["deleted_at"] = None
+        row["loaded_at"] = utcnow()
+    changed = [row for row, k in zip(rows, keys, strict=True) if existing.get(k) != row["row_hash"]]
+    if changed:
+        statement = upsert(connection, table)
+        columns = [name for name in changed[0] if name not in key]
+        statement = statement.on_conflict_do_update(
+            index_elements=list(key), set_={name: statement.excluded[name] for name in columns}
+        )
+        connection.execute(statement, changed)
+    inserted = sum(1 for k in keys if k not in existing)
+    return inserted, len(changed) - inserted, len(rows) - len(changed)
+
+
+def _write_identities(connection: Connection, identities: list[dict[str, Any]]) -> None:
+    if not identities:
+        return
+    table = SourceIdentity.__table__
+    (source,) = {i["source"] for i in identities}  # one mapping, one source
+    keys = [i["source_key"] for i in identities]
+    existing = {
+        (source, key): digest
+        for key, digest in connection.execute(
+            select(table.c.source_key, table.c.row_hash).where(table.c.source == source, table.c.source_key.in_(keys))
+        )
+    }
+    changed = []
+    for identity in identities:
+        # The cipher is salted: hash the row without it, so an unchanged person is unchanged.
+        digest = row_hash({k: v for k, v in identity.items() if k != "id_number_cipher"})
+        if existing.get((identity["source"], identity["source_key"])) != digest:
+            changed.append({**identity, "row_hash": digest, "resolved": False})
+    if changed:
+        statement = upsert(connection, table)
+        columns = [name for name in changed[0] if name not in ("source", "source_key")]
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=["source", "source_key"], set_={name: statement.excluded[name] for name in columns}
+            ),
+            changed,
+        )
+
+
+def unify(
+    connection: Connection,
+    mapping: Mapping,
+    run_id: str,
+    *,
+    chunk: int = 2000,
+    event_day: dt.date | None = None,
+) -> UnifyResult:
+    """Apply `mapping` to the raw records landed since its watermark (in the caller's transaction).
+
+    With `event_day` (card transactions), only that day's records are read, and no watermark
+    is kept: a day's partition is rebuilt from raw landing whenever it is materialised.
+    """
+    started = time.perf_counter()
+    result = UnifyResult(mapping.watermark_stream)
+    watermark = 0 if event_day else _watermark(connection, mapping.watermark_stream)
+    result.watermark_before = result.watermark_after = watermark
+    raw = RawRecord.__table__
+    while True:
+        query = select(raw.c.id, raw.c.source_key, raw.c.content_hash, raw.c.payload).where(
+            raw.c.source == mapping.source, raw.c.stream == mapping.stream, raw.c.id > watermark
+        )
+        if event_day is not None:
+            query = query.where(raw.c.event_day == event_day)
+        records = connection.execute(query.order_by(raw.c.id).limit(chunk)).all()
+        if not records:
+            break
+        watermark = records[-1].id
+        by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+        identities: dict[str, dict[str, Any]] = {}
+        for record in records:
+            try:
+                mapped = mapping.map(record.payload)
+            except (ValueError, KeyError, TypeError) as exc:
+                detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                result.reasons[detail] = result.reasons.get(detail, 0) + 1
+                _quarantine(connection, mapping, record, f"normalise: {detail}", run_id)
+                result.quarantined += 1
+                continue
+            # Later versions of a key in the same chunk supersede earlier ones.
+            by_key[tuple(mapped.row[name] for name in mapping.key)] = mapped.row
+            if mapped.identity is not None:
+                identities[mapped.identity["source_key"]] = mapped.identity
+        result.read += len(records)
+        inserted, updated, unchanged = _write(
+            connection, mapping.table, mapping.key, list(by_key.values()), mapping.immutable
+        )
+        result.inserted += inserted
+        result.updated += updated
+        result.unchanged += unchanged
+        _write_identities(connection, list(identities.values()))
+    result.watermark_after = watermark
+    if event_day is None:
+        _save_watermark(connection, mapping.watermark_stream, watermark, run_id)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def mark_deleted(connection: Connection, mapping: Mapping, present_keys: set[str]) -> int:
+    """Reconcile: mark rows whose key the source did not send in a full pull as deleted.
+
+    `present_keys` are connector keys: the natural key's values joined by '|'.
+    """
+    table = mapping.table
+    columns = [table.c[name] for name in mapping.key]
+    gone, back = [], []
+    for *key, deleted_at in connection.execute(select(*columns, table.c.deleted_at)):
+        present = "|".join(str(value) for value in key) in present_keys
+        if deleted_at is None and not present:
+            gone.append(tuple(key))
+        elif deleted_at is not None and present:
+            back.append(tuple(key))  # deleted once, restored at the source since
+    now = utcnow()
+    for keys, value in ((gone, now), (back, None)):
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            if len(columns) == 1:
+                where = columns[0].in_([key[0] for key in chunk])
+            else:
+                where = or_(*(and_(*(c == v for c, v in zip(columns, key, strict=True))) for key in chunk))
+            connection.execute(update(table).where(where).values(deleted_at=value))
+    return len(gone)
+
+
+def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
+    """HR's departments onto the org units: a college HR knows under its own code is the same
+    org unit academic affairs knows by YXDM (matched by name); an office is HR's alone."""
+    result = UnifyResult("hr.departments")
+    watermark = result.watermark_before = _watermark(connection, result.entity)
+    raw = RawRecord.__table__
+    records = connection.execute(
+        select(raw.c.id, raw.c.payload)
+        .where(raw.c.source == "hr", raw.c.stream == "departments", raw.c.id > watermark)
+        .order_by(raw.c.id)
+    ).all()
+    org = OrgUnit.__table__
+    by_name = {name: code for code, name in connection.execute(select(org.c.code, org.c.name))}
+    offices = []
+    for record in records:
+        department = record.payload
+        name = norm.person_name(department["name"])  # the same NFKC-and-trim rules apply to names of units
+        if department.get("kind") == "college" and name in by_name:
+            connection.execute(update(org).where(org.c.code == by_name[name]).values(hr_code=department["code"]))
+            result.updated += 1
+        else:
+            offices.append(
+                {
+                    "code": f"HR-{department['code']}",
+                    "name": name,
+                    "kind": "office",
+                    "hr_code": department["code"],
+                    "source_updated_at": None,
+                }
+            )
+    inserted, updated, unchanged = _write(connection, org, ("code",), offices, immutable=False)
+    result.inserted += inserted
+    result.updated += updated
+    result.unchanged += unchanged
+    result.read = len(records)
+    result.watermark_after = records[-1].id if records else watermark
+    _save_watermark(connection, result.entity, result.watermark_after, run_id)
+    return result
+
+
+def link_references(connection: Connection) -> None:
+    """Resolve the codes unified rows carry into foreign keys, and hang every unit under the
+    university. Set-based statements: cheap enough to run after every load."""
+    statements = [
+        # the university itself, the root of the org tree
+        f"""INSERT INTO org_unit (code, name, kind, row_hash, loaded_at)
+            SELECT '{UNIVERSITY_CODE}', '广东海洋大学', 'university', '', CURRENT_TIMESTAMP
+            WHERE NOT EXISTS (SELECT 1 FROM org_unit WHERE code = '{UNIVERSITY_CODE}')""",
+        f"""UPDATE org_unit SET parent_id = (SELECT id FROM org_unit WHERE code = '{UNIVERSITY_CODE}')
+            WHERE code <> '{UNIVERSITY_CODE}' AND parent_id IS NULL""",
+        """UPDATE major SET college_id = (SELECT id FROM org_unit WHERE academic_code = major.college_code)
+           WHERE college_id IS NULL""",
+        """UPDATE class_group SET major_id = (SELECT id FROM major WHERE code = class_group.major_code)
+           WHERE major_id IS NULL""",
+        """UPDATE student SET
+             college_id = (SELECT id FROM org_unit WHERE academic_code = student.college_code),
+             major_id = (SELECT id FROM major WHERE code = student.major_code),
+             class_id = (SELECT id FROM class_group WHERE code = student.class_code)
+           WHERE college_id IS NULL OR major_id IS NULL OR class_id IS NULL""",
+        """UPDATE staff SET department_id = (SELECT id FROM org_unit WHERE hr_code = staff.department_code)
+           WHERE department_id IS NULL""",
+    ]
+    for statement in statements:
+        connection.execute(text(statement))

@@ -1,0 +1,1 @@
+"""Dagster: resources, assets per source and layer, checks, automation and `Definitions`."""

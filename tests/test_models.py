@@ -1,0 +1,79 @@
+"""The unified layer's schema, normalisation, survivorship and ID protection."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from campushub.models import Base
+from campushub.models import normalize as norm
+from campushub.models.migrate import upgrade
+from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
+from campushub.models.survivorship import Candidate, choose, rules
+from tests.databases import DATABASES, fresh_database
+
+
+@DATABASES
+def test_migrations_build_exactly_the_models(database_kind: str, tmp_path: Path) -> None:
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+        with engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert differences == []
+        upgrade(engine)  # a second upgrade is a no-op
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("陈\u3000伟 ", "陈伟"),
+        ("阿依古丽．买买提", "阿依古丽·买买提"),
+        ("艾力•吐尔逊", "艾力·吐尔逊"),
+        ("Ｌｉ Ｍｉｎｇ", "Li Ming"),
+    ],
+)
+def test_names_are_nfkc_trimmed_and_dots_unified(raw: str, clean: str) -> None:
+    assert norm.person_name(raw) == clean
+
+
+def test_normalisers_reject_with_reasons() -> None:
+    assert norm.phone("+86 138-0013-8000") == "13800138000"
+    with pytest.raises(ValueError, match="not an 11-digit"):
+        norm.phone("0759-2383000")
+    assert norm.date("1985/03/12", "%Y/%m/%d") == dt.date(1985, 3, 12)
+    with pytest.raises(ValueError, match="not a date"):
+        norm.date("1985/02/30", "%Y/%m/%d")
+    assert norm.fen("520000") == 520000
+    with pytest.raises(ValueError, match="whole number"):
+        norm.fen("12a00")
+    assert norm.code_from_name("ethnicity", "壮族") == "08"
+    assert norm.sex_from_text("女") == "2"
+    with pytest.raises(ValueError):
+        norm.code("sex", "7")
+
+
+def test_survivorship_priority_and_recency() -> None:
+    early, late = dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    names = [Candidate("hr", "T1", "王小明", late), Candidate("academic", "S1", "王晓明", early)]
+    winner, why = choose("person", "name", names)
+    assert winner is not None and winner.value == "王晓明" and "academic is authoritative" in why
+    phones = [Candidate("academic", "S1", "13800000000", early), Candidate("hr", "T1", "13900000000", late)]
+    winner, why = choose("person", "phone", phones)
+    assert winner is not None and winner.value == "13900000000" and why.startswith("most recent: hr")
+    assert choose("person", "email", [])[0] is None
+    assert set(rules()) >= {"person", "student", "staff", "card_account"}
+
+
+def test_id_numbers_are_encrypted_and_hashed_not_stored_plain() -> None:
+    number = "440111200604257222"
+    cipher = encrypt_id(number)
+    assert number.encode() not in cipher and decrypt_id(cipher) == number
+    assert id_hash(number) == id_hash(number.lower()) and len(id_hash(number)) == 64
+    assert number not in id_hash(number)
+    assert mask_id(number) == "440***********7222"
