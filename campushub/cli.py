@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from campushub.connectors import SOURCES, SourceError, open_source, source_class
+from campushub.connectors import SOURCES, SourceError, open_source
 
 
 @dataclass
@@ -77,12 +77,21 @@ def _simulator_settings(args: argparse.Namespace):  # type: ignore[no-untyped-de
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from campushub.simulators.faults import FaultSettings
     from campushub.simulators.server import SimulatorCluster
 
+    knobs = dict(fault.partition("=")[::2] for fault in args.fault)
+    try:
+        FaultSettings().update(knobs)  # refuse bad knobs before anything starts
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ports = {} if args.free_ports else None
     cluster = SimulatorCluster(_simulator_settings(args), host=args.host, ports=ports).start()
     if args.changes:
         cluster.world.changes.apply(args.changes)
+    for name in cluster.services:
+        cluster.faults(name).update(knobs)
     world = cluster.world
     print(
         f"stand-in systems up: {world.student_count} students, {world.staff_count} staff, "
@@ -125,7 +134,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: start the stand-ins, pull every stream once."""
+    """The main job on embedded defaults: start the stand-ins, sync everything into the unified
+    layer through the Dagster pipeline, and print what each asset did."""
+    from campushub.orchestration.mainjob import run_main_job
     from campushub.simulators.server import SimulatorCluster
     from campushub.simulators.settings import DEFAULT_PORTS
 
@@ -133,11 +144,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cluster = SimulatorCluster(settings, host="127.0.0.1", ports={} if args.free_ports else DEFAULT_PORTS).start()
     try:
         _point_connectors_at(cluster.urls, settings)
-        for source in SOURCES:
-            for stream in source_class(source).streams:
-                print(fetch_stream(source, stream).line(), flush=True)
+        return 0 if run_main_job(print) else 1
     finally:
         cluster.stop()
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from campushub.models.engine import make_engine
+    from campushub.models.migrate import upgrade
+
+    engine = make_engine()
+    upgrade(engine, args.revision)
+    print(f"schema of {engine.url.render_as_string(hide_password=True)} is at {args.revision}")
     return 0
 
 
@@ -172,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--free-ports", action="store_true", help="serve on free ports instead of 8101-8104")
     simulate.add_argument("--changes", type=int, default=0, help="apply this many random changes at start")
+    simulate.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="a fault knob for every system, e.g. error_rate=0.1, rate_limit_rate=0.05, latency_ms=50,\n"
+        "drop_rate, truncate_rate, malformed_rate, retry_after, retry_after_as_date (repeatable;\n"
+        "change them later with PUT /_admin/faults)",
+    )
     simulate.set_defaults(handler=cmd_simulate)
 
     change = commands.add_parser("change", help="apply random changes to running stand-ins")
@@ -185,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("stream")
     fetch.add_argument("--cursor", help="incremental cursor from an earlier fetch")
     fetch.set_defaults(handler=cmd_fetch)
+
+    db = commands.add_parser("db", help="the unified layer's schema (Alembic migrations)")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="apply migrations to $CAMPUSHUB_DATABASE_URL")
+    db_upgrade.add_argument("revision", nargs="?", default="head")
+    db_upgrade.set_defaults(handler=cmd_db)
 
     run = commands.add_parser("run", help="the main job on embedded defaults")
     world_options(run)

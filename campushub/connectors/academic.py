@@ -17,7 +17,6 @@ from campushub.connectors.base import (
     SourceError,
     StreamSpec,
 )
-from campushub.connectors.settings import http_settings_from_env, require_env
 
 ISO_MS = "%Y-%m-%dT%H:%M:%S.%f%z"
 
@@ -58,6 +57,7 @@ INCREMENTAL = frozenset({"students", "grades"})
 class AcademicSource(HttpSource):
     name = "academic"
     streams = STREAMS
+    credential_variables = ("CAMPUSHUB_ACADEMIC_API_KEY",)
 
     def __init__(
         self,
@@ -70,10 +70,6 @@ class AcademicSource(HttpSource):
         super().__init__(settings, transport=transport)
         self._api_key = api_key
         self.page_size = page_size
-
-    @classmethod
-    def from_env(cls, **options: Any) -> AcademicSource:
-        return cls(http_settings_from_env(cls.name), require_env(cls.name, "CAMPUSHUB_ACADEMIC_API_KEY"), **options)
 
     def authenticate(self, request: httpx.Request) -> None:
         request.headers["X-API-Key"] = self._api_key

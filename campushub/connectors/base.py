@@ -27,6 +27,7 @@ from campushub.reference.identity import id_number_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S", bound="HttpSource")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -297,6 +298,8 @@ class HttpSource:
 
     name = "source"
     streams: Mapping[str, StreamSpec] = {}
+    # Environment variables holding the credentials, in the order __init__ takes them.
+    credential_variables: tuple[str, ...] = ()
 
     def __init__(self, settings: HttpSettings, *, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
@@ -310,6 +313,15 @@ class HttpSource:
             transport=transport,
             headers={"User-Agent": "campushub-connector/0.1"},
         )
+
+    @classmethod
+    def from_env(cls: type[S], **options: Any) -> S:
+        """Configured from `CAMPUSHUB_<SOURCE>_URL` and the source's credential variables."""
+        from campushub.connectors.settings import http_settings_from_env, require_env
+
+        settings = http_settings_from_env(cls.name)
+        credentials = [require_env(cls.name, variable) for variable in cls.credential_variables]
+        return cls(settings, *credentials, **options)  # type: ignore[call-arg]
 
     def __enter__(self: T) -> T:
         return self

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from campushub.connectors.base import (
+    DUPLICATE,
     AuthError,
     Batch,
     HttpSettings,
@@ -27,7 +28,6 @@ from campushub.connectors.base import (
     SourceError,
     StreamSpec,
 )
-from campushub.connectors.settings import http_settings_from_env, require_env
 
 TIME_FORMAT = "%Y%m%d%H%M%S"
 ACCOUNTS_PATH = "/api/v2/card/accounts"
@@ -35,7 +35,6 @@ TRANSACTIONS_PATH = "/api/v2/card/transactions"
 # Refused credentials or signatures; a replayed nonce is here too: it means our signing is broken,
 # which a retry of the same request would not fix.
 AUTH_ERRCODES = frozenset({40001, 40002, 40003, 40004, 40005})
-DUPLICATE = "duplicate: the same record was already sent"  # as PageWindow words it
 
 STREAMS = {
     spec.name: spec
@@ -87,6 +86,7 @@ def signed_headers(
 class CardSource(HttpSource):
     name = "card"
     streams = STREAMS
+    credential_variables = ("CAMPUSHUB_CARD_APP_KEY", "CAMPUSHUB_CARD_APP_SECRET")
 
     def __init__(
         self,
@@ -103,15 +103,6 @@ class CardSource(HttpSource):
         self._app_secret = app_secret
         self.page_size = page_size
         self.transaction_limit = transaction_limit
-
-    @classmethod
-    def from_env(cls, **options: Any) -> CardSource:
-        return cls(
-            http_settings_from_env(cls.name),
-            require_env(cls.name, "CAMPUSHUB_CARD_APP_KEY"),
-            require_env(cls.name, "CAMPUSHUB_CARD_APP_SECRET"),
-            **options,
-        )
 
     def authenticate(self, request: httpx.Request) -> None:
         # Called on every attempt: a retry carries a new nonce, so it is never taken for a replay.

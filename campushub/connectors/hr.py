@@ -23,7 +23,6 @@ from campushub.connectors.base import (
     SourceError,
     StreamSpec,
 )
-from campushub.connectors.settings import http_settings_from_env, require_env
 from campushub.reference.codes import code_table
 
 TOKEN_PATH = "/oauth/token"
@@ -70,6 +69,7 @@ INCREMENTAL = frozenset({"staff"})
 class HRSource(HttpSource):
     name = "hr"
     streams = STREAMS
+    credential_variables = ("CAMPUSHUB_HR_CLIENT_ID", "CAMPUSHUB_HR_CLIENT_SECRET")
 
     def __init__(
         self,
@@ -94,15 +94,6 @@ class HRSource(HttpSource):
         # Pages are fetched on a prefetch thread; two reads at once must not race for a token.
         self._token_lock = threading.Lock()
         self._token_url = self.client.build_request("POST", TOKEN_PATH).url
-
-    @classmethod
-    def from_env(cls, **options: Any) -> HRSource:
-        return cls(
-            http_settings_from_env(cls.name),
-            require_env(cls.name, "CAMPUSHUB_HR_CLIENT_ID"),
-            require_env(cls.name, "CAMPUSHUB_HR_CLIENT_SECRET"),
-            **options,
-        )
 
     # -- the token -----------------------------------------------------------
     def _is_token_request(self, request: httpx.Request) -> bool:

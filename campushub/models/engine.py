@@ -38,6 +38,8 @@ def make_engine(url: str | None = None, **options: Any) -> Engine:
     url = url or database_url()
     if url.startswith("sqlite"):
         engine = create_engine(url, **options)
+        if engine.url.database and engine.url.database != ":memory:":
+            Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **options)

@@ -4,12 +4,13 @@
    are one person — a member of staff who is also a student is one person with two roles —
    unless their names disagree: then the rows do not merge, and a conflict goes to a steward.
 2. A card links to the person behind its holder's 学号 or 工号, unless the name on the card
-   is someone else's: again a conflict, not a merge.
+   is none of the names that person is known by: again a conflict, not a merge.
 3. Each person's golden fields are chosen by the survivorship rules, with provenance, and
    every disagreement between sources is logged with the value that won and why.
 
 Only identities that changed since the last resolution (`resolved` false) are looked at, with
-whatever else shares their ID number or person, so an incremental run costs what changed.
+whatever else shares their ID number, the cards of those holders, and records a steward has
+since decided to merge — so an incremental run costs what changed.
 """
 
 from __future__ import annotations
@@ -65,12 +66,36 @@ def _select_in(connection: Connection, column: Any, values: Iterable[Any], *wher
     return rows
 
 
-def _merge_decisions(connection: Connection) -> set[str]:
-    """Subjects a steward resolved by merging: their identities may join after all."""
+def _merge_decisions(connection: Connection) -> dict[str, dict[str, Any]]:
+    """Subjects a steward resolved by merging (their identities may join after all), with details."""
     rows = connection.execute(
-        select(Conflict.subject).where(Conflict.status == "resolved", Conflict.resolution.like("merge%"))
+        select(Conflict.subject, Conflict.details).where(
+            Conflict.status == "resolved", Conflict.resolution.like("merge%")
+        )
     )
-    return set(rows.scalars())
+    return {subject: details for subject, details in rows}
+
+
+def _awaiting_merge(connection: Connection, merges: dict[str, dict[str, Any]]) -> list[Row[Any]]:
+    """Records a steward decided to merge that are still unlinked.
+
+    The decision is all a steward records; nothing about the records themselves changes, so
+    without this they would wait for an unrelated edit at their source before joining.
+    """
+    keys: set[tuple[str, str]] = set()
+    for subject, details in merges.items():
+        if subject.startswith("card:"):
+            keys.add(("card", details["card_no"]))
+        elif subject.startswith("id:"):
+            keys.update((record["source"], record["key"]) for record in details["records"])
+    rows = _select_in(
+        connection,
+        SourceIdentity.source_key,
+        {key for _, key in keys},
+        SourceIdentity.source.in_({source for source, _ in keys}),
+        SourceIdentity.person_id.is_(None),
+    )
+    return [row for row in rows if (row.source, row.source_key) in keys]
 
 
 def _open_conflict(
@@ -79,17 +104,20 @@ def _open_conflict(
     statement = upsert(connection, Conflict.__table__).values(
         kind=kind, subject=subject, details=details, status="open", opened_at=utcnow()
     )
-    inserted = connection.execute(statement.on_conflict_do_nothing(index_elements=["kind", "subject"])).rowcount
-    result.conflicts_opened += inserted
+    # Count the rows RETURNING gives back: after ON CONFLICT DO NOTHING, psycopg reports rowcount -1.
+    statement = statement.on_conflict_do_nothing(index_elements=["kind", "subject"]).returning(Conflict.id)
+    result.conflicts_opened += len(connection.execute(statement).all())
 
 
 def resolve(connection: Connection) -> ResolveResult:
     result = ResolveResult()
-    pending = connection.execute(select(SourceIdentity).where(SourceIdentity.resolved.is_(False))).all()
+    pending = list(connection.execute(select(SourceIdentity).where(SourceIdentity.resolved.is_(False))).all())
     result.identities = len(pending)
+    merges = _merge_decisions(connection)
+    queued = {row.id for row in pending}
+    pending += [row for row in _awaiting_merge(connection, merges) if row.id not in queued]
     if not pending:
         return result
-    merges = _merge_decisions(connection)
     people = [row for row in pending if row.source in ("academic", "hr")]
     cards = [row for row in pending if row.source == "card"]
 
@@ -103,7 +131,7 @@ def resolve(connection: Connection) -> ResolveResult:
         groups[row.id_number_hash].append(row)
     persons_by_hash = {p.id_number_hash: p.id for p in _select_in(connection, Person.id_number_hash, hashes)}
 
-    links: dict[int, int | None] = {}  # source_identity id -> person id
+    joins: dict[int, str | None] = {}  # source_identity id -> the ID number (hash) whose person it joins
     for digest, members in groups.items():
         members.sort(key=lambda r: (r.source != "academic", r.source_key))  # the authoritative first
         anchor = members[0]
@@ -122,36 +150,57 @@ def resolve(connection: Connection) -> ResolveResult:
                 result,
             )
             for member in disagreeing:
-                links[member.id] = None
+                joins[member.id] = None
             members = agreeing
-        person_id = persons_by_hash.get(digest)
-        if person_id is None:
-            person_id = _create_person(connection, digest, result)
-            persons_by_hash[digest] = person_id
         for member in members:
-            links[member.id] = person_id
+            joins[member.id] = digest
+    new_digests = sorted({digest for digest in joins.values() if digest} - persons_by_hash.keys())
+    persons_by_hash.update(zip(new_digests, _create_persons(connection, new_digests, result), strict=True))
+    links: dict[int, int | None] = {iid: persons_by_hash[d] if d else None for iid, d in joins.items()}
     # Rows without a usable ID number cannot match anyone: each is a person of its own.
-    for row in people:
-        if not row.id_number_hash:
-            links[row.id] = row.person_id or _create_person(connection, None, result)
+    loners = [row for row in people if not row.id_number_hash]
+    new_loners = [row for row in loners if row.person_id is None]
+    created = iter(_create_persons(connection, [None] * len(new_loners), result))
+    for row in loners:
+        links[row.id] = row.person_id or next(created)
+
+    # People first: the cards below read their holders' links, and the names of their persons.
+    _apply_links(connection, links, result)
 
     # -- 2. cards, through their holder's 学号 / 工号 ----------------------------------------
-    holder_keys = {row.link.split(":", 1)[1] for row in cards if row.link}
+    # A card follows its holder: one whose holder was just (re)linked is looked at again too,
+    # though the card itself did not change (a steward's merge, a holder who arrived late).
+    holder_links = {f"{_HOLDER_KIND[row.source]}:{row.source_key}" for row in [*group_rows, *people]}
+    queued = {card.id for card in cards}
+    cards += [
+        card
+        for card in _select_in(connection, SourceIdentity.link, holder_links, SourceIdentity.source == "card")
+        if card.id not in queued
+    ]
+    holder_keys = {card.link.split(":", 1)[1] for card in cards if card.link}
     holders = {
-        (("student" if h.source == "academic" else "staff"), h.source_key): h
+        (_HOLDER_KIND[h.source], h.source_key): h
         for h in _select_in(
             connection, SourceIdentity.source_key, holder_keys, SourceIdentity.source.in_(("academic", "hr"))
         )
     }
+    # Every name the holder's person is known by: a dual-role holder's card may carry the name
+    # academic affairs knows even when HR's differs (and a steward merged the two).
+    names: dict[int, set[str]] = defaultdict(set)
+    holder_persons = {h.person_id for h in holders.values() if h.person_id is not None}
+    for member in _select_in(
+        connection, SourceIdentity.person_id, holder_persons, SourceIdentity.source.in_(("academic", "hr"))
+    ):
+        names[member.person_id].add(member.name)
+    card_links: dict[int, int | None] = {}
     for card in cards:
         kind, holder_no = card.link.split(":", 1)
         holder = holders.get((kind, holder_no))
-        holder_person = links.get(holder.id, holder.person_id) if holder else None
         subject = f"card:{card.source_key}"
-        if holder is None or holder_person is None:
-            links[card.id] = None  # the holder is not (yet) known; looked at again when it is
+        if holder is None or holder.person_id is None:
+            card_links[card.id] = None  # the holder is not (yet) linked; looked at again when it is
             continue
-        if card.name != holder.name and subject not in merges:
+        if card.name not in names[holder.person_id] and subject not in merges:
             _open_conflict(
                 connection,
                 "card_name_mismatch",
@@ -165,21 +214,27 @@ def resolve(connection: Connection) -> ResolveResult:
                 },
                 result,
             )
-            links[card.id] = None
+            card_links[card.id] = None
             continue
-        links[card.id] = holder_person
+        card_links[card.id] = holder.person_id
 
-    _apply_links(connection, links, result)
+    _apply_links(connection, card_links, result)
     _survive(connection, result)
     return result
 
 
-def _create_person(connection: Connection, digest: str | None, result: ResolveResult) -> int:
-    person_id = connection.execute(
-        insert(Person).values(name="", id_number_hash=digest).returning(Person.id)
-    ).scalar_one()
-    result.persons_created += 1
-    return person_id
+def _create_persons(connection: Connection, digests: list[str | None], result: ResolveResult) -> list[int]:
+    """New, still empty persons, one per ID number hash given; their ids in the same order.
+
+    One batched INSERT: a round trip per person costs seconds on a first load."""
+    if not digests:
+        return []
+    ids = connection.execute(
+        insert(Person).returning(Person.id, sort_by_parameter_order=True),
+        [{"name": "", "id_number_hash": digest} for digest in digests],
+    ).scalars()
+    result.persons_created += len(digests)
+    return list(ids)
 
 
 def _apply_links(connection: Connection, links: dict[int, int | None], result: ResolveResult) -> None:
@@ -208,6 +263,7 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
         )
 
 
+_HOLDER_KIND = {"academic": "student", "hr": "staff"}  # as a card's `link` names its holder
 _ROLE_KEYS = {
     "academic": (Student, Student.__table__.c.student_no),
     "hr": (Staff, Staff.__table__.c.staff_no),

@@ -67,6 +67,7 @@ class LandingResult:
     unchanged: int = 0
     quarantined: int = 0
     deleted: int = 0  # reconcile runs: records the source no longer has
+    keyless: int = 0  # reconcile runs: broken records without a key (whose presence is unknown)
     pages: int = 0
     seconds: float = 0.0
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class LandingResult:
             "unchanged": self.unchanged,
             "quarantined": self.quarantined,
             "deleted_at_source": self.deleted,
+            "deletions_undecidable_keyless_records": self.keyless,
             "pages": self.pages,
             "cursor_before": self.cursor_before or "",
             "cursor_after": self.cursor_after or "",
@@ -162,7 +164,9 @@ def land_batches(
         _quarantine(connection, source, stream, result.run_id, bad)
         result.quarantined += len(bad)
         if seen_keys is not None:
-            seen_keys.update(record.key for record in good if record.key)
+            # A record the source still has is present even when it arrives broken.
+            seen_keys.update(record.key for record in batch.records if record.key)
+            result.keyless += sum(1 for record in bad if not record.key)
 
         hashes = [content_hash(r.data) for r in good]
         # Events (append-only streams) are never re-sent with new content: skip the look-up.
@@ -234,7 +238,8 @@ def land_stream(
                 event_day=event_day,
                 seen_keys=seen,
             )
-            if reconcile is not None and seen is not None:
+            # A keyless broken record could be any record: then nothing can be called deleted.
+            if reconcile is not None and seen is not None and not result.keyless:
                 result.deleted = reconcile(connection, seen)
             _save_cursor(connection, source, stream, result.cursor_after or state, run_id)
             result.seconds = time.perf_counter() - started

@@ -51,6 +51,13 @@ def choose(entity: str, field: str, candidates: list[Candidate]) -> tuple[Candid
     if rule.rule == "priority":
         winner = min(usable, key=lambda c: rank[c.source])
         return winner, f"{winner.source} is authoritative for {entity}.{field}"
-    floor = dt.datetime.min.replace(tzinfo=dt.UTC)
-    winner = max(usable, key=lambda c: (c.as_of or floor, -rank[c.source]))
+    winner = max(usable, key=lambda c: (_instant(c.as_of), -rank[c.source]))
     return winner, f"most recent: {winner.source} as of {winner.as_of.isoformat() if winner.as_of else 'unknown'}"
+
+
+def _instant(as_of: dt.datetime | None) -> dt.datetime:
+    """Comparable whatever the database gave back: SQLite returns naive datetimes (taken as
+    UTC), PostgreSQL aware ones; mixing the two would raise. An unknown time sorts first."""
+    if as_of is None:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return as_of if as_of.tzinfo is not None else as_of.replace(tzinfo=dt.UTC)

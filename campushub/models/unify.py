@@ -60,6 +60,9 @@ class Mapping:
     key: tuple[str, ...]
     map: Callable[[dict[str, Any]], Mapped]
     immutable: bool = False  # events: insert once, never update
+    # For a table other streams write too: a column set only on this stream's rows, so a
+    # reconcile of this stream never marks the others' rows deleted.
+    owns: str | None = None
 
     @property
     def watermark_stream(self) -> str:
@@ -276,6 +279,7 @@ def class_group(p: dict[str, Any]) -> Mapped:
         {
             "code": p["BJDM"],
             "name": p["BJMC"],
+            "major_code": p["ZYDM"],
             "entry_year": int(p["NJ"]) if p.get("NJ") else None,
             "source_updated_at": None,
         }
@@ -297,7 +301,7 @@ def course(p: dict[str, Any]) -> Mapped:
 MAPPINGS: dict[tuple[str, str], Mapping] = {
     (m.source, m.stream): m
     for m in (
-        Mapping("academic", "colleges", OrgUnit.__table__, ("code",), college),
+        Mapping("academic", "colleges", OrgUnit.__table__, ("code",), college, owns="academic_code"),
         Mapping("academic", "majors", Major.__table__, ("code",), major),
         Mapping("academic", "classes", ClassGroup.__table__, ("code",), class_group),
         Mapping("academic", "courses", Course.__table__, ("code",), course),
@@ -392,7 +396,9 @@ def _write(
         return 0, 0, 0
     if immutable:
         statement = upsert(connection, table).on_conflict_do_nothing(index_elements=list(key))
-        inserted = connection.execute(statement, rows).rowcount
+        # Counted from RETURNING: an executemany's rowcount is -1 on psycopg.
+        returning = statement.returning(*(table.c[name] for name in key))
+        inserted = len(connection.execute(returning, rows).all())
         return inserted, 0, len(rows) - inserted
     key_columns = [table.c[name] for name in key]
     keys = [tuple(row[name] for name in key) for row in rows]
@@ -514,7 +520,10 @@ def mark_deleted(connection: Connection, mapping: Mapping, present_keys: set[str
     table = mapping.table
     columns = [table.c[name] for name in mapping.key]
     gone, back = [], []
-    for *key, deleted_at in connection.execute(select(*columns, table.c.deleted_at)):
+    query = select(*columns, table.c.deleted_at)
+    if mapping.owns is not None:
+        query = query.where(table.c[mapping.owns].is_not(None))
+    for *key, deleted_at in connection.execute(query):
         present = "|".join(str(value) for value in key) in present_keys
         if deleted_at is None and not present:
             gone.append(tuple(key))

@@ -31,7 +31,6 @@ reconcile_job = define_asset_job(
 card_days_job = define_asset_job(
     "card_transactions_by_day",
     selection=AssetSelection.keys(["unified", "card_transactions"]),
-    partitions_def=CARD_DAYS,
     description="Build one day's card transactions from raw landing (backfill for history).",
 )
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
-from collections.abc import Callable
-from typing import Annotated, Any
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, overload
 
 from fastapi import Depends, FastAPI, Header, Query
 from fastapi.responses import Response
@@ -77,6 +78,44 @@ class _Unauthorized(Exception):
     pass
 
 
+class Without(Sequence[int]):
+    """An ascending selection of record indices minus a few removed ones, without listing it.
+
+    The selection may be a `range` of a million students; deletions are a handful. So only the
+    positions of the removed indices are kept, and position -> index is a bisection, as in the
+    card system's `ExistingAccounts`: pages stay generated on demand and their count is exact.
+    """
+
+    def __init__(self, selection: Sequence[int], removed: Sequence[int]) -> None:
+        self.selection = selection
+        positions = []
+        for index in removed:  # ascending, so the positions are too
+            position = bisect_left(selection, index)
+            if position < len(selection) and selection[position] == index:
+                positions.append(position)
+        # positions[j] - j is the position in the result from which the j-th removal is skipped.
+        self._skips = [position - j for j, position in enumerate(positions)]
+
+    def __len__(self) -> int:
+        return len(self.selection) - len(self._skips)
+
+    def _index(self, position: int) -> int:
+        return self.selection[position + bisect_right(self._skips, position)]
+
+    @overload
+    def __getitem__(self, item: int) -> int: ...
+    @overload
+    def __getitem__(self, item: slice) -> list[int]: ...
+    def __getitem__(self, item: int | slice) -> int | list[int]:
+        size = len(self)
+        if isinstance(item, slice):
+            return [self._index(p) for p in range(*item.indices(size))]
+        position = item + size if item < 0 else item
+        if not 0 <= position < size:
+            raise IndexError(item)
+        return self._index(position)
+
+
 def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings, fault_seed: int = 0) -> FastAPI:
     app = service_app(
         "教务系统 Academic affairs (stand-in)",
@@ -114,11 +153,17 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
         since: dt.datetime | None,
         until: dt.datetime | None,
         updated_at: Callable[[int], dt.datetime],
+        removed: Callable[[], list[int]],
     ) -> Response:
         now = dt.datetime.now(CST)
         # Served with millisecond precision: select with exactly the instant the client sees.
         server_time = until or now.replace(microsecond=now.microsecond // 1000 * 1000)
         chosen = selection.select(stream, count, since, server_time, updated_at)
+        # Deletions are not pinned to `until`: one applied mid-pull shifts the later pages by a
+        # record, as it would on any offset-paged API.
+        gone = removed()
+        if gone:
+            chosen = Without(chosen, gone)
         repeat = repeats_previous_page(world.seed, stream, page, faults.malformed_rate)
         indices = page_slice(chosen, page, size, repeat)
         return envelope(render(indices), len(chosen), page, size, server_time)
@@ -127,6 +172,14 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
 
     def corrupted(stream: str, index: int, row: dict[str, Any]) -> dict[str, Any]:
         return maybe_corrupt(row, world.seed, stream, index, faults.malformed_rate, CORRUPTIBLE[stream])
+
+    def deleted_students() -> list[int]:
+        with world.changes.lock:  # a copy: a deletion applied meanwhile must not shift this page
+            return list(world.changes.deleted_students)
+
+    def deleted_grades() -> list[int]:
+        # A deleted student's grades went with it: consecutive in the stream, ascending.
+        return [n for index in deleted_students() for n in world.grade_indices_of(index)]
 
     @app.get("/api/v1/students", dependencies=auth, summary="学生基本信息 students")
     def students(
@@ -144,6 +197,7 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
             updated_since,
             updated_until,
             lambda i: world.student(i).updated_at,
+            deleted_students,
         )
 
     @app.get("/api/v1/grades", dependencies=auth, summary="成绩 grades")
@@ -165,7 +219,15 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
             return world.grades_of(student, slot, slot + 1)[0].updated_at  # rare: filters older than the snapshot
 
         return paged(
-            "grades", world.grade_count, render, pageNo, pageSize, updated_since, updated_until, grade_updated_at
+            "grades",
+            world.grade_count,
+            render,
+            pageNo,
+            pageSize,
+            updated_since,
+            updated_until,
+            grade_updated_at,
+            deleted_grades,
         )
 
     def reference(rows: list[dict[str, Any]], page: int, size: int) -> Response:

@@ -3,6 +3,10 @@
 Every applied change is logged with the stream and record key it touched and a strictly
 increasing timestamp, so a test can ask "what changed in stream X after time T" and compare an
 incremental pull with the truth.
+
+Deletions are changes too, but never random ones: a source's records vanish only when a test
+asks for it by kind (`DELETION_KINDS`), because an incremental pull cannot see a deletion and
+the random mix must stay comparable with incremental pulls.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import datetime as dt
 import random
 import threading
 import time
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +33,7 @@ class Change:
     system: str  # academic / hr / finance / card
     stream: str
     key: str
+    deleted: bool = False  # the record is gone from the source (or, False, back again)
 
     def as_json(self) -> dict[str, object]:
         return {**dataclasses.asdict(self), "at": self.at.isoformat()}
@@ -43,6 +49,11 @@ CHANGE_KINDS: dict[str, int] = {
     "card_transactions": 25,
     "bill_paid": 15,
     "card_lost": 5,
+}
+# Asked for explicitly only (see the module docstring); weights for when several are asked for.
+DELETION_KINDS: dict[str, int] = {
+    "student_deleted": 2,  # an erroneous student record removed from academic affairs, grades and all
+    "student_restored": 1,  # a deleted student put back (the deletion was the error)
 }
 _PROMOTIONS = {"014": "013", "013": "012", "012": "011", "083": "082", "082": "081", "093": "092", "092": "091"}
 _STATUS_MOVES = {"01": ("02", "03"), "02": ("05",), "05": ("02",), "13": ("01",), "03": ("03",)}
@@ -62,6 +73,8 @@ class ChangeOverlay:
         self.extra_payments: dict[str, list[Payment]] = {}
         self.account_patches: dict[int, dict[str, object]] = {}
         self.transactions: list[CardTransaction] = []
+        # Sorted: the academic API pages "every student but these" without listing the rest.
+        self.deleted_students: list[int] = []
         self.fee_bills_version = 0
         # stream -> record index -> when it changed: lets a pager select "changed between
         # since and until" stably, however often a record changes while it is being paged.
@@ -102,6 +115,10 @@ class ChangeOverlay:
         patch = self.bill_patches.get(bill_no)
         return patch["updated_at"] if patch else None  # type: ignore[return-value]
 
+    def is_deleted_student(self, index: int) -> bool:
+        position = bisect_left(self.deleted_students, index)
+        return position < len(self.deleted_students) and self.deleted_students[position] == index
+
     def changed_keys(self, stream: str, since: dt.datetime | None = None) -> set[str]:
         """Ground truth: the keys of `stream` changed after `since` (all changes if None)."""
         return {c.key for c in self.log if c.stream == stream and (since is None or c.at > since)}
@@ -115,8 +132,18 @@ class ChangeOverlay:
         self._last_at = max(dt.datetime.now(CST), floor)
         return self._last_at
 
-    def _record(self, at: dt.datetime, kind: str, system: str, stream: str, key: str, index: int | None = None) -> None:
-        self.log.append(Change(len(self.log) + 1, at, kind, system, stream, key))
+    def _record(
+        self,
+        at: dt.datetime,
+        kind: str,
+        system: str,
+        stream: str,
+        key: str,
+        index: int | None = None,
+        *,
+        deleted: bool = False,
+    ) -> None:
+        self.log.append(Change(len(self.log) + 1, at, kind, system, stream, key, deleted))
         if index is not None:
             self.touched.setdefault(stream, {}).setdefault(index, []).append(at)
 
@@ -140,12 +167,14 @@ class ChangeOverlay:
             "card_transactions": self._card_transactions,
             "bill_paid": self._bill_paid,
             "card_lost": self._card_lost,
+            "student_deleted": self._student_deleted,
+            "student_restored": self._student_restored,
         }
         choices = kinds or list(CHANGE_KINDS)
         unknown = set(choices) - set(handlers)
         if unknown:
             raise ValueError(f"unknown change kinds: {sorted(unknown)}")
-        weights = [CHANGE_KINDS[k] for k in choices]
+        weights = [{**CHANGE_KINDS, **DELETION_KINDS}[k] for k in choices]
         with self.lock:
             first = len(self.log)
             for _ in range(count):
@@ -159,7 +188,11 @@ class ChangeOverlay:
             return self.log[first:]
 
     def _random_student(self, rng: random.Random) -> int:
-        return rng.randrange(self.world.student_count)
+        """A student academic affairs still has: a deleted record cannot be edited."""
+        while True:
+            index = rng.randrange(self.world.student_count)
+            if not self.deleted_students or not self.is_deleted_student(index):
+                return index
 
     def _new_student(self, rng: random.Random, at: dt.datetime) -> None:
         index = self.world.base_students + self.new_student_count
@@ -200,6 +233,35 @@ class ChangeOverlay:
         title = self.world.staff(index).title
         self.staff_patches.setdefault(index, {}).update(title=_PROMOTIONS.get(title, title or "013"), updated_at=at)
         self._record(at, "staff_title", "hr", "staff", self.world.staff_no(index), index)
+
+    def _deletion(self, index: int, at: dt.datetime, kind: str, deleted: bool) -> None:
+        """Log a student's record and each of its grades as gone (or back)."""
+        student_no = self.world.student_no(index)
+        self._record(at, kind, "academic", "students", student_no, deleted=deleted)
+        for grade in self.world.grades_of(index):
+            key = f"{grade.student_no}|{grade.course_code}|{grade.term}"
+            self._record(at, kind, "academic", "grades", key, deleted=deleted)
+
+    def _student_deleted(self, rng: random.Random, at: dt.datetime) -> None:
+        if len(self.deleted_students) >= self.world.student_count:
+            return  # nothing left to delete
+        index = self._random_student(rng)
+        insort(self.deleted_students, index)
+        # Not `touched`: an updated-since pull never serves a deleted record; only a full pull
+        # notices, by its absence. Finance and the card system keep their own records of the
+        # student: the hub has to notice the inconsistency, the sources do not cascade.
+        self._deletion(index, at, "student_deleted", deleted=True)
+
+    def _student_restored(self, rng: random.Random, at: dt.datetime) -> None:
+        if not self.deleted_students:
+            return  # nothing to restore: the change is a no-op and logs nothing
+        index = self.deleted_students.pop(rng.randrange(len(self.deleted_students)))
+        # Putting the record back is an edit of it, so an incremental pull serves the student
+        # again. Its grades return as they were, with their old update times: only a full
+        # pull sees them come back.
+        self.student_patches.setdefault(index, {}).update(updated_at=at)
+        self.touched.setdefault("students", {}).setdefault(index, []).append(at)
+        self._deletion(index, at, "student_restored", deleted=False)
 
     def _random_account(self, rng: random.Random) -> int:
         while True:

@@ -37,8 +37,18 @@ class FaultSettings:
         if unknown:
             raise ValueError(f"unknown fault knobs: {sorted(unknown)}; known: {sorted(known)}")
         for name, value in values.items():
-            current = getattr(self, name)
-            setattr(self, name, type(current)(value))
+            kind = type(getattr(self, name))
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"fault knob {name} takes true or false, not {value!r}")
+                value = value.lower() in ("true", "1")
+            try:
+                converted = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"fault knob {name} takes a {kind.__name__}, not {value!r}") from None
+            if name.endswith("_rate") and not 0 <= converted <= 1:
+                raise ValueError(f"fault knob {name} is a rate between 0 and 1, not {value!r}")
+            setattr(self, name, converted)
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)

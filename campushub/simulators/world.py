@@ -268,6 +268,12 @@ class World:
     def base_bill_count(self) -> int:
         return self._bill_offsets[-1]
 
+    def grade_indices_of(self, index: int) -> range:
+        """The positions of a student's grades in the grades stream (none for new students)."""
+        if index >= self.base_students:
+            return range(0)
+        return range(self._grade_offsets[index], self._grade_offsets[index + 1])
+
     def locate_grade(self, n: int) -> tuple[int, int]:
         """The (student index, slot) of the n-th grade record."""
         student = bisect_right(self._grade_offsets, n) - 1

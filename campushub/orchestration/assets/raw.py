@@ -7,7 +7,6 @@ A reconcile run also marks unified records the source no longer has as deleted.
 """
 
 import datetime as dt
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +49,7 @@ class SyncConfig(Config):
 
 
 def run_id_of(context: AssetExecutionContext) -> str:
-    return context.run_id if context.run_id else uuid.uuid4().hex
+    return context.run.run_id
 
 
 def raw_asset(source: str, stream: str) -> AssetsDefinition:

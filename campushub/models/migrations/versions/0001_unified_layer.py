@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 00:14:11.129782
+Create Date: 2026-11-27 00:37:48.499778
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("code", sa.String(length=16), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("credits", sa.Double(), nullable=True),
+        sa.Column("credits", sa.Float(), nullable=True),
         sa.Column("college_code", sa.String(length=16), nullable=True),
         sa.Column("row_hash", sa.String(length=32), nullable=False),
         sa.Column("source_updated_at", sa.DateTime(timezone=True), nullable=True),
@@ -90,7 +90,7 @@ def upgrade() -> None:
         sa.Column("course_code", sa.String(length=16), nullable=False),
         sa.Column("course_name", sa.String(length=64), nullable=True),
         sa.Column("term", sa.String(length=16), nullable=False),
-        sa.Column("credits", sa.Double(), nullable=True),
+        sa.Column("credits", sa.Float(), nullable=True),
         sa.Column("score", sa.Integer(), nullable=True),
         sa.Column("grade_text", sa.String(length=8), nullable=True),
         sa.Column("compulsory", sa.Boolean(), nullable=True),

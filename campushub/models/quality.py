@@ -1,0 +1,565 @@
+"""Data-quality rules for the unified layer, and the code that evaluates them.
+
+Everything a rule depends on is declared here, as data, once: which columns must be present
+and unique, which national code table each coded column draws from, the phone and e-mail
+formats, the references that chain a student to a college, how far payments may exceed a bill,
+and how far a table may shrink between two evaluations. Nothing here knows about Dagster:
+`campushub.orchestration.checks` turns each `Outcome` into an asset check result.
+
+Column rules run in Great Expectations 1.x against the database itself (a SQL datasource
+reading the table where it lives); cross-table rules are plain SQL that SQLite (≥ 3.25, for
+window functions) and PostgreSQL both run. The ID-number rule decrypts in Python: ciphertext
+cannot be checked in SQL. Failing rows are reported by their keys — ID numbers never, phone
+numbers and e-mail addresses masked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.fernet import InvalidToken
+from sqlalchemy import Connection, Engine, Table, bindparam, select, text
+
+from campushub.models.base import Base, UTCDateTime
+from campushub.models.landing import SyncState
+from campushub.models.protect import decrypt_id
+from campushub.models.unified import Person
+from campushub.reference.codes import code_table
+from campushub.reference.identity import birth_date_of, id_number_problem, sex_code_of
+
+# ------------------------------------------------------------------------- declared rules
+SAMPLE = 10  # failing keys shown per rule: enough for a steward to start, never a data dump
+# A bill may be overpaid by up to ¥1: some cash desks and bank channels round to the yuan.
+TOLERANCE_FEN = 100
+# A table that loses more than this share of its live rows between two evaluations has most
+# likely been hit by a partial pull or a runaway reconcile, not by real deletions.
+ROW_DROP_LIMIT = 0.10
+
+# Portable regular expressions: GX runs them with SQLite's REGEXP and PostgreSQL's `~` alike.
+PATTERNS: dict[str, str] = {
+    "phone": r"^1[0-9]{10}$",  # a mainland mobile number, as normalisation writes it
+    "email": r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$",
+}
+
+
+def mask_phone(value: str) -> str:
+    """'13800138000' -> '138****8000'; short or odd values keep only their length."""
+    return value[:3] + "*" * (len(value) - 7) + value[-4:] if len(value) >= 8 else "*" * len(value)
+
+
+def mask_email(value: str) -> str:
+    """'zhangsan@example.edu.cn' -> 'z***@example.edu.cn': the domain says enough."""
+    local, at, domain = value.partition("@")
+    return f"{local[:1]}***{at}{domain}" if at else f"{value[:1]}***"
+
+
+# What a failing value of each format may show of itself.
+MASKS: dict[str, Callable[[str], str]] = {"phone": mask_phone, "email": mask_email}
+
+
+@dataclass(frozen=True)
+class TableRules:
+    """Column-level expectations for one unified table."""
+
+    key: tuple[str, ...]  # failing rows are reported by these columns
+    not_null: tuple[str, ...] = ()
+    unique: tuple[tuple[str, ...], ...] = ()
+    codes: Mapping[str, str] = field(default_factory=dict)  # column -> national code table
+    formats: Mapping[str, str] = field(default_factory=dict)  # column -> PATTERNS entry
+
+
+TABLE_RULES: dict[str, TableRules] = {
+    "org_unit": TableRules(key=("code",), not_null=("code", "name", "kind"), unique=(("code",),)),
+    "major": TableRules(key=("code",), not_null=("code", "name"), unique=(("code",),)),
+    "class_group": TableRules(key=("code",), not_null=("code", "name"), unique=(("code",),)),
+    "course": TableRules(key=("code",), not_null=("code", "name"), unique=(("code",),)),
+    "student": TableRules(
+        key=("student_no",),
+        not_null=("student_no",),
+        unique=(("student_no",),),  # 学号
+        codes={"status": "student_status", "education_level": "education_level"},
+        formats={"email": "email"},
+    ),
+    "grade": TableRules(
+        key=("student_no", "course_code", "term"),
+        not_null=("student_no", "course_code", "term"),
+        unique=(("student_no", "course_code", "term"),),
+    ),
+    "staff": TableRules(
+        key=("staff_no",),
+        not_null=("staff_no",),
+        unique=(("staff_no",),),  # 工号
+        codes={"title_code": "professional_title"},
+        formats={"email": "email"},
+    ),
+    "fee_bill": TableRules(
+        key=("bill_no",), not_null=("bill_no", "student_no", "amount_fen", "paid_fen"), unique=(("bill_no",),)
+    ),
+    "payment": TableRules(
+        key=("payment_no",), not_null=("payment_no", "bill_no", "amount_fen"), unique=(("payment_no",),)
+    ),
+    "card_account": TableRules(
+        key=("card_no",), not_null=("card_no", "holder_no", "balance_fen"), unique=(("card_no",),)
+    ),
+    "person": TableRules(
+        key=("id",),
+        not_null=("name",),
+        codes={"sex": "sex", "ethnicity": "ethnicity", "political_status": "political_status"},
+        formats={"phone": "phone", "email": "email"},
+    ),
+    # Events: the sequence number is the primary key; only what every balance rule relies on.
+    "card_transaction": TableRules(key=("seq",), not_null=("card_no", "amount_fen", "balance_after_fen")),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """`table.column` must name a live row of `parent` (rows of `table` marked deleted aside)."""
+
+    table: str
+    column: str
+    parent: str
+    key: str  # how a failing row of `table` is reported
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Along `table.via` -> `parent`, `table.column` must equal `parent.parent_column`: a
+    student's major is their class's major, their college their major's college."""
+
+    table: str
+    via: str
+    parent: str
+    column: str
+    parent_column: str
+    key: str
+
+
+# student → class → major → college
+REFERENCES: tuple[Reference, ...] = (
+    Reference("student", "class_id", "class_group", "student_no"),
+    Reference("student", "major_id", "major", "student_no"),
+    Reference("student", "college_id", "org_unit", "student_no"),
+    Reference("class_group", "major_id", "major", "code"),
+    Reference("major", "college_id", "org_unit", "code"),
+)
+AGREEMENTS: tuple[Agreement, ...] = (
+    Agreement("student", "class_id", "class_group", "major_id", "major_id", "student_no"),
+    Agreement("student", "major_id", "major", "college_id", "college_id", "student_no"),
+)
+
+
+# ------------------------------------------------------------------------------ outcomes
+@dataclass
+class Outcome:
+    """One rule's verdict: counts a steward reads, a few failing keys, how long it took."""
+
+    passed: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def metadata(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {**self.counts, **self.details, "duration_s": round(self.seconds, 3)}
+        if self.samples:
+            metadata["failing_keys"] = self.samples
+        return metadata
+
+
+def _timed(rule: Callable[..., Outcome]) -> Callable[..., Outcome]:
+    @functools.wraps(rule)
+    def run(*args: Any, **kwargs: Any) -> Outcome:
+        started = time.perf_counter()
+        outcome = rule(*args, **kwargs)
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+    return run
+
+
+def _table(name: str) -> Table:
+    return Base.metadata.tables[name]
+
+
+def _has_deleted_at(table: str) -> bool:
+    return "deleted_at" in _table(table).c
+
+
+# ------------------------------------------------------------ column rules, in Great Expectations
+def _great_expectations() -> Any:
+    # Imported on first use only: GX takes seconds to import, and the Dagster code location
+    # must load without it. Its usage analytics stay off: this runs on university data.
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"
+    import great_expectations
+
+    return great_expectations
+
+
+def _expectations(table: str, rules: TableRules) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    columns = _table(table).c
+    expectations: list[Any] = []
+    required = list(rules.not_null)
+    for column in rules.codes:
+        if not columns[column].nullable and column not in required:
+            required.append(column)
+    expectations += [gxe.ExpectColumnValuesToNotBeNull(column=column) for column in required]
+    for group in rules.unique:
+        if len(group) == 1:
+            expectations.append(gxe.ExpectColumnValuesToBeUnique(column=group[0]))
+        else:
+            expectations.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(group)))
+    # In-set and regex expectations pass over nulls: a nullable column may be empty.
+    expectations += [
+        gxe.ExpectColumnValuesToBeInSet(column=column, value_set=sorted(code_table(codes)))
+        for column, codes in rules.codes.items()
+    ]
+    expectations += [
+        gxe.ExpectColumnValuesToMatchRegex(column=column, regex=PATTERNS[pattern])
+        for column, pattern in rules.formats.items()
+    ]
+    return expectations
+
+
+def _shown(rules: TableRules, column: str, value: Any) -> Any:
+    pattern = rules.formats.get(column)
+    if value is None or pattern is None:
+        return value
+    return MASKS[pattern](str(value))
+
+
+@functools.cache
+def _gx_source(url: str) -> tuple[Any, Any]:
+    """One ephemeral GX context and SQL datasource per database and process: GX keeps an
+    engine per datasource, so reusing it keeps one connection pool rather than one a check."""
+    gx = _great_expectations()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    # The dialect's own datasource where GX has one (it knows the dialect's regex operator).
+    add = {"sqlite": context.data_sources.add_sqlite, "postgresql": context.data_sources.add_postgres}.get(
+        url.split(":", 1)[0].split("+", 1)[0], context.data_sources.add_sql
+    )
+    return context, add(name="unified", connection_string=url)
+
+
+@functools.cache
+def _validation(url: str, table: str, table_name: str) -> Any:
+    """The validation of `table_name` against `table`'s rules, built once and run every time."""
+    gx = _great_expectations()
+    context, source = _gx_source(url)
+    name = f"{table}@{table_name}"
+    batch = source.add_table_asset(name=name, table_name=table_name).add_batch_definition_whole_table(name)
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=_expectations(table, TABLE_RULES[table])))
+    return context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+
+
+@_timed
+def column_expectations(engine: Engine, table: str, *, table_name: str | None = None) -> Outcome:
+    """Validate `table` against its `TABLE_RULES` with Great Expectations, in the database.
+
+    `table_name` validates another table under the same rules (a copy, in tests).
+    """
+    rules = TABLE_RULES[table]
+    validation = _validation(engine.url.render_as_string(hide_password=False), table, table_name or table)
+    result = validation.run(
+        result_format={
+            "result_format": "SUMMARY",
+            "unexpected_index_column_names": list(rules.key),
+            "partial_unexpected_count": SAMPLE,
+        }
+    )
+
+    outcome = Outcome(passed=bool(result.success))
+    failures: list[dict[str, Any]] = []
+    rows = 0
+    for evaluation in result.results:
+        config = evaluation.expectation_config
+        kwargs = config.kwargs
+        column = kwargs.get("column") or ",".join(kwargs.get("column_list", []))
+        info = evaluation.result or {}
+        rows = max(rows, int(info.get("element_count") or 0))
+        if evaluation.success:
+            continue
+        error = (evaluation.exception_info or {}).get("exception_message")
+        failure: dict[str, Any] = {"expectation": config.type, "column": column}
+        if error:
+            failure["error"] = str(error)[:300]
+        else:
+            failure["unexpected_count"] = int(info.get("unexpected_count") or 0)
+            # Each failing row by its key, with its value masked where the value is personal;
+            # GX's own value lists are not copied, as they would carry phones unmasked.
+            failure["samples"] = [
+                {
+                    **{name: entry.get(name) for name in rules.key},
+                    **({column: _shown(rules, column, entry.get(column))} if column in entry else {}),
+                }
+                for entry in (info.get("partial_unexpected_index_list") or [])[:SAMPLE]
+            ]
+        failures.append(failure)
+    outcome.counts = {
+        "rows": rows,
+        "expectations": len(result.results),
+        "failed_expectations": len(failures),
+        "unexpected_values": sum(f.get("unexpected_count", 0) for f in failures),
+    }
+    if failures:
+        outcome.details["failures"] = failures
+    outcome.details["great_expectations"] = _great_expectations().__version__
+    return outcome
+
+
+# ----------------------------------------------------------------------- cross-table rules
+def _live(alias: str, table: str) -> str:
+    return f"{alias}.deleted_at IS NULL" if _has_deleted_at(table) else "1 = 1"
+
+
+@_timed
+def reference_problems(connection: Connection, table: str) -> Outcome:
+    """Every live row of `table` points, along each declared reference, at a live row — and
+    agrees with it where the chain must agree (a student's major is their class's major)."""
+    counts: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    for ref in (r for r in REFERENCES if r.table == table):
+        rows = connection.execute(
+            text(
+                f"""SELECT c.{ref.key} AS key,
+                       CASE WHEN c.{ref.column} IS NULL THEN 'missing'
+                            WHEN p.id IS NULL THEN 'dangling'
+                            ELSE 'points at a deleted row' END AS problem
+                    FROM {ref.table} c LEFT JOIN {ref.parent} p ON p.id = c.{ref.column}
+                    WHERE {_live("c", ref.table)}
+                      AND (c.{ref.column} IS NULL OR p.id IS NULL OR NOT ({_live("p", ref.parent)}))
+                    ORDER BY c.{ref.key}"""
+            )
+        ).all()
+        for key, problem in rows:
+            counts[f"{ref.column} {problem}"] += 1
+            if len(samples) < SAMPLE:
+                samples.append({ref.key: key, "column": ref.column, "problem": problem})
+    for rule in (a for a in AGREEMENTS if a.table == table):
+        rows = connection.execute(
+            text(
+                f"""SELECT c.{rule.key} AS key FROM {rule.table} c JOIN {rule.parent} p ON p.id = c.{rule.via}
+                    WHERE {_live("c", rule.table)}
+                      AND c.{rule.column} IS NOT NULL AND p.{rule.parent_column} IS NOT NULL
+                      AND c.{rule.column} <> p.{rule.parent_column}
+                    ORDER BY c.{rule.key}"""
+            )
+        ).all()
+        problem = f"{rule.column} disagrees with its {rule.parent}"
+        for (key,) in rows:
+            counts[problem] += 1
+            if len(samples) < SAMPLE:
+                samples.append({rule.key: key, "column": rule.column, "problem": problem})
+    checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
+    failing = sum(counts.values())
+    return Outcome(
+        passed=failing == 0,
+        counts={"rows": int(checked), "failing": failing, **{k: v for k, v in sorted(counts.items())}},
+        samples=samples,
+    )
+
+
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def account_snapshot(connection: Connection) -> dt.datetime | None:
+    """As of when the card system's accounts were last pulled, on the card system's clock:
+    the card_accounts cursor is the server time (Asia/Shanghai) of that pull."""
+    cursor = connection.execute(
+        select(SyncState.cursor).where(SyncState.source == "card", SyncState.stream == "card_accounts")
+    ).scalar_one_or_none()
+    try:
+        return dt.datetime.strptime(cursor, "%Y%m%d%H%M%S").replace(tzinfo=CST) if cursor else None
+    except ValueError:
+        return None
+
+
+@_timed
+def card_balance_problems(connection: Connection) -> Outcome:
+    """Each card's balance is the balance after its last transaction.
+
+    Accounts and transactions are pulled separately, so the two can be out of step for a
+    moment; those cards are left for the next run instead of failing it: transactions later
+    than the accounts' snapshot are not yet in the balance (so the last transaction *at or
+    before* the snapshot is compared), and an account changed after the newest transaction
+    held may owe its balance to transactions not loaded yet (counted as `unsettled`).
+    """
+    snapshot = account_snapshot(connection)
+    # Bound through the same UTC type the columns use, so SQLite's text comparison lines up.
+    cutoff = "" if snapshot is None else "WHERE t.at <= :snapshot"
+    statement = text(
+        f"""WITH ranked AS (
+                SELECT t.card_no, t.seq, t.balance_after_fen,
+                       ROW_NUMBER() OVER (PARTITION BY t.card_no ORDER BY t.seq DESC) AS position
+                FROM card_transaction t {cutoff}
+            ), ledger AS (SELECT MAX(at) AS ends FROM card_transaction)
+            SELECT a.card_no, a.balance_fen, r.balance_after_fen, r.seq,
+                   CASE WHEN a.source_updated_at > (SELECT ends FROM ledger) THEN 1 ELSE 0 END AS unsettled
+            FROM card_account a JOIN ranked r ON r.card_no = a.card_no AND r.position = 1
+            WHERE a.deleted_at IS NULL
+            ORDER BY a.card_no"""
+    )
+    if snapshot is not None:
+        statement = statement.bindparams(bindparam("snapshot", snapshot, type_=UTCDateTime()))
+    rows = connection.execute(statement).all()
+    settled = [row for row in rows if not row.unsettled]
+    wrong = [row for row in settled if row.balance_fen != row.balance_after_fen]
+    return Outcome(
+        passed=not wrong,
+        counts={
+            "cards_with_transactions": len(rows),
+            "unsettled": len(rows) - len(settled),
+            "failing": len(wrong),
+        },
+        samples=[
+            {
+                "card_no": r.card_no,
+                "balance_fen": r.balance_fen,
+                "last_seq": r.seq,
+                "balance_after_fen": r.balance_after_fen,
+            }
+            for r in wrong[:SAMPLE]
+        ],
+        details={"accounts_as_of": snapshot.isoformat() if snapshot else ""},
+    )
+
+
+@_timed
+def card_chain_problems(connection: Connection) -> Outcome:
+    """Consecutive transactions of a card chain: the previous balance plus this amount is this
+    balance. A gap in the sequence (a transaction not loaded) shows here too."""
+    rows = connection.execute(
+        text(
+            """WITH chained AS (
+                   SELECT seq, card_no, amount_fen, balance_after_fen,
+                          LAG(balance_after_fen) OVER (PARTITION BY card_no ORDER BY seq) AS previous,
+                          LAG(seq) OVER (PARTITION BY card_no ORDER BY seq) AS previous_seq
+                   FROM card_transaction
+               )
+               SELECT seq, card_no, previous_seq, previous, amount_fen, balance_after_fen,
+                      COUNT(*) OVER () AS failing
+               FROM chained
+               WHERE previous IS NOT NULL AND previous + amount_fen <> balance_after_fen
+               ORDER BY seq LIMIT :sample"""
+        ),
+        {"sample": SAMPLE},
+    ).all()
+    total = connection.execute(text("SELECT COUNT(*) FROM card_transaction")).scalar_one()
+    failing = int(rows[0].failing) if rows else 0
+    return Outcome(
+        passed=failing == 0,
+        counts={"transactions": int(total), "failing": failing},
+        samples=[
+            {
+                "seq": r.seq,
+                "card_no": r.card_no,
+                "previous_seq": r.previous_seq,
+                "previous_balance_fen": r.previous,
+                "amount_fen": r.amount_fen,
+                "balance_after_fen": r.balance_after_fen,
+            }
+            for r in rows
+        ],
+    )
+
+
+@_timed
+def overpaid_bills(connection: Connection, tolerance_fen: int = TOLERANCE_FEN) -> Outcome:
+    """The payments against a bill never exceed it by more than the declared tolerance."""
+    rows = connection.execute(
+        text(
+            """SELECT b.bill_no, b.amount_fen, p.paid_fen, p.payments
+               FROM fee_bill b
+               JOIN (SELECT bill_no, SUM(amount_fen) AS paid_fen, COUNT(*) AS payments
+                     FROM payment WHERE deleted_at IS NULL GROUP BY bill_no) p ON p.bill_no = b.bill_no
+               WHERE b.deleted_at IS NULL AND p.paid_fen > b.amount_fen + :tolerance
+               ORDER BY p.paid_fen - b.amount_fen DESC, b.bill_no"""
+        ),
+        {"tolerance": tolerance_fen},
+    ).all()
+    bills = connection.execute(text("SELECT COUNT(*) FROM fee_bill WHERE deleted_at IS NULL")).scalar_one()
+    # Not a failure by itself (a payment may land before the daily bill export), but a
+    # steward wants to know.
+    orphans = connection.execute(
+        text(
+            """SELECT COUNT(*) FROM payment p WHERE p.deleted_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM fee_bill b WHERE b.bill_no = p.bill_no AND b.deleted_at IS NULL)"""
+        )
+    ).scalar_one()
+    return Outcome(
+        passed=not rows,
+        counts={"bills": int(bills), "failing": len(rows), "payments_without_bill": int(orphans)},
+        samples=[
+            {"bill_no": r.bill_no, "amount_fen": r.amount_fen, "paid_fen": int(r.paid_fen), "payments": r.payments}
+            for r in rows[:SAMPLE]
+        ],
+        details={"tolerance_fen": tolerance_fen},
+    )
+
+
+@_timed
+def id_number_problems(connection: Connection, chunk: int = 5000) -> Outcome:
+    """Every stored ID number is valid (GB 11643 check character, a real birth date) and agrees
+    with the person's birth date and sex. Decrypted in memory one at a time, never reported."""
+    counts: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    checked = 0
+    query = (
+        select(Person.id, Person.id_number_cipher, Person.birth_date, Person.sex)
+        .where(Person.id_number_cipher.is_not(None))
+        .order_by(Person.id)
+    )
+    for person_id, cipher, birth_date, sex in connection.execution_options(yield_per=chunk).execute(query):
+        checked += 1
+        try:
+            number = decrypt_id(cipher)
+        except InvalidToken:
+            problem: str | None = "id number: cannot be decrypted with the current key"
+        else:
+            problem = id_number_problem(number)
+            if problem is None and birth_date is not None and birth_date_of(number) != birth_date:
+                problem = "id number: birth date disagrees with the record"
+            elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
+                problem = "id number: sex digit disagrees with the record"
+        if problem:
+            counts[problem] += 1
+            if len(samples) < SAMPLE:
+                samples.append({"person_id": person_id, "problem": problem})
+    failing = sum(counts.values())
+    return Outcome(
+        passed=failing == 0,
+        counts={"persons_with_id_number": checked, "failing": failing, **dict(sorted(counts.items()))},
+        samples=samples,
+    )
+
+
+def live_rows(connection: Connection, table: str) -> int:
+    """Rows that are current: marked deletions do not count, since rows are never removed."""
+    where = " WHERE deleted_at IS NULL" if _has_deleted_at(table) else ""
+    return int(connection.execute(text(f"SELECT COUNT(*) FROM {table}{where}")).scalar_one())
+
+
+@_timed
+def row_count_drop(connection: Connection, table: str, previous: int | None, limit: float = ROW_DROP_LIMIT) -> Outcome:
+    """No more than `limit` of the live rows counted by the previous evaluation have gone."""
+    current = live_rows(connection, table)
+    drop = 0.0 if not previous else max(0.0, (previous - current) / previous)
+    details: dict[str, Any] = {"drop": round(drop, 4), "limit": limit}
+    counts = {"row_count": current}
+    if previous is not None:
+        counts["previous_row_count"] = previous
+    else:
+        details["note"] = "first evaluation: nothing to compare with"
+    return Outcome(passed=drop <= limit, counts=counts, details=details)

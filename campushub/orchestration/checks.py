@@ -1,0 +1,191 @@
+# Dagster reads these signatures at definition time: no `from __future__ import annotations` here.
+"""Data-quality checks on the unified assets: blocking, so nothing is built on data known bad.
+
+Every unified asset has its column expectations (Great Expectations, run in the database) and
+a row-count guard; some have cross-table rules besides — references up the student → class →
+major → college chain, payments within their bills, ID numbers that agree with the person,
+card balances that reconcile with the transactions. The rules, and everything they declare,
+live in `campushub.models.quality`; `CHECKS` below says which asset gets which.
+
+All checks of one asset run in one op, so an asset costs one extra step, and each result
+carries its counts, a few failing keys (never an ID number; phones and e-mails masked) and its
+`duration_s`. A failing check has ERROR severity and blocks: the asset's downstream does not run.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    DagsterEventType,
+    MetadataValue,
+    multi_asset_check,
+)
+from sqlalchemy import Engine
+
+from campushub.models import quality
+from campushub.orchestration.resources import DatabaseResource
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a rule gets to look at: the database, the asset's table, and the row count the
+    previous evaluation of the row-count check recorded (looked up only if asked for)."""
+
+    engine: Engine
+    table: str
+    previous_row_count: Callable[[], int | None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    description: str
+    run: Callable[[Probe], quality.Outcome]
+
+
+def _columns(probe: Probe) -> quality.Outcome:
+    return quality.column_expectations(probe.engine, probe.table)
+
+
+def _row_count(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.row_count_drop(connection, probe.table, probe.previous_row_count())
+
+
+def _references(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.reference_problems(connection, probe.table)
+
+
+def _within_bills(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.overpaid_bills(connection)
+
+
+def _id_numbers(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.id_number_problems(connection)
+
+
+def _balances(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.card_balance_problems(connection)
+
+
+def _chain(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.card_chain_problems(connection)
+
+
+ROW_COUNT = "row_count"  # the check, and the metadata entry each evaluation leaves for the next
+HISTORY = 20  # evaluations looked back through for the last finished one
+
+RULES: dict[str, Rule] = {
+    "columns": Rule(
+        "Column expectations (Great Expectations, in the database): keys present and unique, "
+        "codes within their national code tables, phone and e-mail formats.",
+        _columns,
+    ),
+    ROW_COUNT: Rule(
+        f"Live rows have not dropped by more than {quality.ROW_DROP_LIMIT:.0%} since the previous evaluation.",
+        _row_count,
+    ),
+    "references": Rule(
+        "Every live row points at live rows up the student → class → major → college chain, and agrees with them.",
+        _references,
+    ),
+    "within_bills": Rule(
+        f"Payments against a bill never exceed it by more than {quality.TOLERANCE_FEN} fen.",
+        _within_bills,
+    ),
+    "id_numbers": Rule(
+        "ID numbers carry a valid check character and agree with the person's birth date and sex.",
+        _id_numbers,
+    ),
+    "balances_reconcile": Rule(
+        "Each card's balance is the balance after its last transaction.",
+        _balances,
+    ),
+    "balances_chain": Rule(
+        "Each transaction's balance is the previous balance plus its amount.",
+        _chain,
+    ),
+}
+
+# unified asset -> (its table, the rules beyond columns and row count)
+CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "org_units": ("org_unit", ()),
+    "majors": ("major", ("references",)),
+    "classes": ("class_group", ("references",)),
+    "courses": ("course", ()),
+    "students": ("student", ("references",)),
+    "grades": ("grade", ()),
+    "staff": ("staff", ()),
+    "fee_bills": ("fee_bill", ()),
+    "payments": ("payment", ("within_bills",)),
+    "card_accounts": ("card_account", ()),
+    "persons": ("person", ("id_numbers",)),
+    # Checked with the transactions rather than the accounts: blocking the account load on a
+    # mismatch would also hold back the very transactions that could explain it.
+    "card_transactions": ("card_transaction", ("balances_reconcile", "balances_chain")),
+}
+
+
+def _metadata_value(value: Any) -> Any:
+    return MetadataValue.json(value) if isinstance(value, list | dict) else value
+
+
+def previous_row_count(context: AssetCheckExecutionContext, key: AssetCheckKey) -> int | None:
+    """The row count recorded by the last evaluation of this check that finished: this run's
+    own is only planned while it executes, and a run that died left nothing to compare with."""
+    history = context.instance.event_log_storage.get_asset_check_execution_history(key, limit=HISTORY)
+    for record in history:
+        event = record.event.dagster_event if record.event is not None else None
+        if event is None or event.event_type != DagsterEventType.ASSET_CHECK_EVALUATION:
+            continue
+        entry = getattr(event.event_specific_data, "metadata", {}).get(ROW_COUNT)
+        return int(entry.value) if entry is not None and entry.value is not None else None
+    return None
+
+
+def checks_for(entity: str) -> AssetChecksDefinition:
+    table, extra = CHECKS[entity]
+    asset_key = AssetKey(["unified", entity])
+    names = ("columns", ROW_COUNT, *extra)
+
+    @multi_asset_check(
+        name=f"unified_{entity}_checks",
+        specs=[
+            AssetCheckSpec(name, asset=asset_key, blocking=True, description=RULES[name].description) for name in names
+        ],
+        can_subset=True,
+        description=f"Data-quality checks on unified/{entity}.",
+    )
+    def _checks(context: AssetCheckExecutionContext, database: DatabaseResource) -> Iterator[AssetCheckResult]:
+        for name in names:
+            key = AssetCheckKey(asset_key, name)
+            if key not in context.selected_asset_check_keys:
+                continue
+            probe = Probe(database.engine, table, lambda key=key: previous_row_count(context, key))
+            outcome = RULES[name].run(probe)
+            if not outcome.passed:
+                context.log.warning(f"{asset_key.to_user_string()} failed {name}: {outcome.counts}")
+            yield AssetCheckResult(
+                asset_key=asset_key,
+                check_name=name,
+                passed=outcome.passed,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={k: _metadata_value(v) for k, v in outcome.metadata().items()},
+            )
+
+    return _checks
+
+
+ASSET_CHECKS = [checks_for(entity) for entity in CHECKS]

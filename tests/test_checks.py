@@ -1,0 +1,540 @@
+"""Data-quality checks on the unified layer, on SQLite and PostgreSQL.
+
+A real unified layer is built once per database, by materialising the real assets against the
+running stand-ins, checks included: on clean data every check passes. Then rows are broken on
+purpose, directly in the database, and each rule must catch exactly what was broken — and a
+failed blocking check must stop what is downstream of its asset in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from dagster import (
+    AssetChecksDefinition,
+    AssetsDefinition,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    materialize,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+
+from campushub.models import quality
+from campushub.models.protect import decrypt_id, encrypt_id
+from campushub.models.unified import CardTransaction
+from campushub.orchestration.assets.raw import RAW_ASSETS
+from campushub.orchestration.assets.unified import ALL_UNIFIED, UNIFIED_ASSETS, card_transactions, persons
+from campushub.orchestration.checks import ASSET_CHECKS, CHECKS
+from campushub.orchestration.resources import HRAPI, AcademicAPI, CardAPI, DatabaseResource, FinanceAPI
+from campushub.simulators.server import SimulatorCluster
+from campushub.simulators.settings import SimulatorSettings
+from tests.conftest import SMALL
+from tests.databases import fresh_database
+
+SECRETS = SimulatorSettings()
+
+
+@dataclass
+class Layer:
+    kind: str
+    engine: Engine
+    resources: dict[str, Any]
+    instance: DagsterInstance
+    runs: list[ExecuteInProcessResult]
+
+
+def checks_on(assets: Sequence[AssetsDefinition]) -> list[AssetChecksDefinition]:
+    keys = {key for asset in assets for key in asset.keys}
+    return [check for check in ASSET_CHECKS if {spec.asset_key for spec in check.check_specs} <= keys]
+
+
+def evaluations(result: ExecuteInProcessResult) -> dict[str, AssetCheckEvaluation]:
+    return {f"{e.asset_key.path[-1]}.{e.check_name}": e for e in result.get_asset_check_evaluations()}
+
+
+def materialized(result: ExecuteInProcessResult) -> set[str]:
+    return {e.materialization.asset_key.path[-1] for e in result.get_asset_materialization_events()}
+
+
+def value(evaluation: AssetCheckEvaluation, name: str) -> Any:
+    return evaluation.metadata[name].value
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def layer(
+    request: pytest.FixtureRequest, simulators: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Layer]:
+    with fresh_database(request.param, tmp_path_factory.mktemp(request.param)) as engine:
+        urls = simulators.urls
+        resources: dict[str, Any] = {
+            "academic": AcademicAPI(base_url=urls["academic"], api_key=SECRETS.academic_api_key),
+            "hr": HRAPI(base_url=urls["hr"], client_id=SECRETS.hr_client_id, client_secret=SECRETS.hr_client_secret),
+            "finance": FinanceAPI(
+                base_url=urls["finance"], user=SECRETS.finance_user, password=SECRETS.finance_password
+            ),
+            "card": CardAPI(base_url=urls["card"], app_key=SECRETS.card_app_key, app_secret=SECRETS.card_app_secret),
+            "database": DatabaseResource(url=engine.url.render_as_string(hide_password=False)),
+        }
+        instance = DagsterInstance.ephemeral()
+        unified = [*UNIFIED_ASSETS, persons]
+        # Built whole first, then checked: a check failing on clean data shows as such in
+        # `test_clean_layer_passes_every_check`, instead of leaving every other test without data.
+        built = materialize([*RAW_ASSETS, *unified], resources=resources, instance=instance)
+        checked = materialize(
+            [*unified, *checks_on(unified)],
+            resources={"database": resources["database"]},
+            instance=instance,
+            raise_on_error=False,
+        )
+        with engine.connect() as connection:
+            first, last = connection.execute(
+                text("SELECT MIN(event_day), MAX(event_day) FROM raw_record WHERE stream = 'card_transactions'")
+            ).one()
+        # Every day's partition in one run, the way a backfill with a single-run policy does it.
+        days = materialize(
+            [card_transactions, *checks_on([card_transactions])],
+            resources={"database": resources["database"]},
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: str(first)[:10], ASSET_PARTITION_RANGE_END_TAG: str(last)[:10]},
+            raise_on_error=False,
+        )
+        assert built.success
+        yield Layer(request.param, engine, resources, instance, [checked, days])
+
+
+Statement = str | tuple[str, dict[str, Any]]
+
+
+def _run(connection: Connection, statement: Statement) -> None:
+    sql, params = (statement, {}) if isinstance(statement, str) else statement
+    connection.execute(text(sql), params)
+
+
+@contextmanager
+def broken(engine: Engine, *statements: Statement, restore: Sequence[Statement] = ()) -> Iterator[Connection]:
+    """Break rows for the length of a test; `restore` puts them back, whatever happened."""
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                _run(connection, statement)
+        with engine.connect() as connection:
+            yield connection
+    finally:
+        with engine.begin() as connection:
+            for statement in restore:
+                _run(connection, statement)
+
+
+def one(engine: Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(text(sql), params).one()
+
+
+def scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    return one(engine, sql, **params)[0]
+
+
+# --------------------------------------------------------------------------- definitions
+def test_code_location_loads_without_great_expectations() -> None:
+    probe = (
+        "import sys, campushub.orchestration.definitions as d; "
+        "assert d.defs.get_repository_def().asset_graph.asset_check_keys; "
+        "assert 'great_expectations' not in sys.modules, 'GX imported at load'; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
+
+
+def test_every_unified_asset_has_blocking_error_checks() -> None:
+    checked = {spec.asset_key for check in ASSET_CHECKS for spec in check.check_specs}
+    assert checked == {key for asset in ALL_UNIFIED for key in asset.keys}
+    specs = [spec for check in ASSET_CHECKS for spec in check.check_specs]
+    assert all(spec.blocking for spec in specs)
+    names = {(spec.asset_key.path[-1], spec.name) for spec in specs}
+    assert {("students", "references"), ("payments", "within_bills"), ("persons", "id_numbers")} <= names
+    assert {("card_transactions", "balances_reconcile"), ("card_transactions", "balances_chain")} <= names
+    assert all((entity, "columns") in names and (entity, "row_count") in names for entity in CHECKS)
+
+
+def test_masks_show_shape_not_value() -> None:
+    assert quality.mask_phone("13800138000") == "138****8000"
+    assert quality.mask_phone("12345") == "*****"
+    assert quality.mask_email("zhangsan@example.edu.cn") == "z***@example.edu.cn"
+    assert quality.mask_email("zhangsan") == "z***"
+
+
+# ---------------------------------------------------------------------------- clean data
+def test_clean_layer_passes_every_check(layer: Layer) -> None:
+    checked, days = layer.runs
+    found = {**evaluations(checked), **evaluations(days)}
+    failed = {name: {k: v.value for k, v in e.metadata.items()} for name, e in found.items() if not e.passed}
+    assert not failed
+    assert checked.success and days.success
+    assert materialized(checked) >= {key.path[-1] for asset in [*UNIFIED_ASSETS, persons] for key in asset.keys}
+    expected = {f"{spec.asset_key.path[-1]}.{spec.name}" for check in ASSET_CHECKS for spec in check.check_specs}
+    assert set(found) == expected
+    assert all(isinstance(value(e, "duration_s"), float) for e in found.values())
+    # The checks looked at real data, not at empty tables.
+    # The session's stand-ins may have grown: other tests apply changes (new students) to them.
+    students = live(layer.engine, "student")
+    assert students >= SMALL
+    assert value(found["students.columns"], "rows") == students
+    assert value(found["students.references"], "rows") == students
+    assert value(found["students.row_count"], "row_count") == students
+    assert value(found["persons.id_numbers"], "persons_with_id_number") > SMALL
+    assert value(found["payments.within_bills"], "bills") > 0
+    assert value(found["card_transactions.balances_reconcile"], "cards_with_transactions") > SMALL
+    assert value(found["card_transactions.balances_chain"], "transactions") > 10 * SMALL
+    assert value(found["students.columns"], "great_expectations").startswith("1.")
+
+
+# -------------------------------------------------------------- a failed check blocks downstream
+def test_failed_blocking_check_stops_downstream_in_the_same_run(layer: Layer) -> None:
+    with layer.engine.connect() as connection:
+        two = connection.execute(text("SELECT student_no, status FROM student ORDER BY student_no LIMIT 2")).all()
+        moved, class_code = connection.execute(
+            text("SELECT student_no, class_code FROM student ORDER BY student_no DESC LIMIT 1")
+        ).one()
+    keys = ", ".join(f"'{no}'" for no, _ in two)
+    with broken(
+        layer.engine,
+        f"UPDATE student SET status = '99' WHERE student_no IN ({keys})",  # no such 学生当前状态码
+        # a class academic affairs does not have: linking leaves the student without one
+        f"UPDATE student SET class_code = 'NOCLASS', class_id = NULL WHERE student_no = '{moved}'",
+        restore=[
+            *(f"UPDATE student SET status = '{status}' WHERE student_no = '{no}'" for no, status in two),
+            f"UPDATE student SET class_code = '{class_code}' WHERE student_no = '{moved}'",
+            "UPDATE student SET class_id = (SELECT id FROM class_group WHERE code = student.class_code)",
+        ],
+    ):
+        assets = [*UNIFIED_ASSETS, persons]
+        result = materialize(
+            [*assets, *checks_on(assets)],
+            resources={"database": layer.resources["database"]},
+            instance=layer.instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    found = evaluations(result)
+    upstream = {name: e.passed for name, e in found.items() if name.split(".")[0] in {"org_units", "majors", "classes"}}
+    assert upstream and all(upstream.values()), f"students never ran: a check upstream failed: {upstream}"
+    columns, references = found["students.columns"], found["students.references"]
+    assert not columns.passed and not references.passed
+    (failure,) = value(columns, "failures")
+    assert failure["expectation"] == "expect_column_values_to_be_in_set" and failure["column"] == "status"
+    assert failure["unexpected_count"] == 2
+    assert sorted(sample["student_no"] for sample in failure["samples"]) == sorted(no for no, _ in two)
+    assert value(references, "failing") == 1 and value(references, "class_id missing") == 1
+    assert value(references, "failing_keys") == [{"student_no": moved, "column": "class_id", "problem": "missing"}]
+    assert found["students.row_count"].passed
+    # Upstream and unrelated assets were built; nothing downstream of students was.
+    built = materialized(result)
+    assert {"org_units", "majors", "classes", "courses", "staff", "card_accounts", "students"} <= built
+    assert not built & {"grades", "fee_bills", "payments", "persons"}
+    assert not any(name.split(".")[0] in {"grades", "fee_bills", "payments", "persons"} for name in found)
+
+
+def test_row_count_drop_fails_against_the_previous_evaluation(layer: Layer) -> None:
+    courses = next(asset for asset in UNIFIED_ASSETS if asset.key.path[-1] == "courses")
+
+    def run() -> ExecuteInProcessResult:
+        return materialize(
+            [courses, *checks_on([courses])],
+            resources={"database": layer.resources["database"]},
+            instance=layer.instance,
+            raise_on_error=False,
+        )
+
+    before = run()
+    total = value(evaluations(before)["courses.row_count"], "row_count")
+    assert total > 0 and evaluations(before)["courses.row_count"].passed
+    gone = total // 5  # 20% marked deleted, as a partial pull in a reconcile would
+    with broken(
+        layer.engine,
+        f"""UPDATE course SET deleted_at = CURRENT_TIMESTAMP
+            WHERE code IN (SELECT code FROM course ORDER BY code LIMIT {gone})""",
+        restore=["UPDATE course SET deleted_at = NULL"],
+    ):
+        dropped = evaluations(run())["courses.row_count"]
+        assert not dropped.passed
+        assert value(dropped, "previous_row_count") == total and value(dropped, "row_count") == total - gone
+        # Compared with the evaluation just made, the smaller table is the new normal.
+        assert evaluations(run())["courses.row_count"].passed
+
+
+# ------------------------------------------------------------------- every rule can fail
+def test_column_expectations_catch_every_kind_of_bad_value(layer: Layer) -> None:
+    """Copies without constraints, so a duplicate or missing key can exist at all."""
+    with layer.engine.connect() as connection:
+        first, second = connection.execute(text("SELECT student_no FROM student ORDER BY student_no LIMIT 2")).scalars()
+        person, phone = connection.execute(text("SELECT id, phone FROM person WHERE phone IS NOT NULL LIMIT 1")).one()
+        staff_no = connection.execute(text("SELECT staff_no FROM staff ORDER BY staff_no LIMIT 1")).scalar_one()
+    copies = ["qc_student", "qc_person", "qc_staff"]
+    try:
+        with layer.engine.begin() as connection:
+            for copy, table in zip(copies, ["student", "person", "staff"], strict=True):
+                connection.execute(text(f"CREATE TABLE {copy} AS SELECT * FROM {table}"))
+            connection.execute(text(f"UPDATE qc_student SET student_no = '{first}' WHERE student_no = '{second}'"))
+            connection.execute(
+                text(
+                    """INSERT INTO qc_student (student_no, status, education_level, email, row_hash)
+                        VALUES (NULL, '88', 'ZZ', 'not-an-address', 'x')"""
+                )
+            )
+            connection.execute(text(f"UPDATE qc_person SET phone = '2{phone[1:]}', sex = '7' WHERE id = {person}"))
+            connection.execute(text(f"UPDATE qc_staff SET title_code = 'ZZZ' WHERE staff_no = '{staff_no}'"))
+        student = quality.column_expectations(layer.engine, "student", table_name="qc_student")
+        people = quality.column_expectations(layer.engine, "person", table_name="qc_person")
+        staff = quality.column_expectations(layer.engine, "staff", table_name="qc_staff")
+    finally:
+        with layer.engine.begin() as connection:
+            for copy in copies:
+                connection.execute(text(f"DROP TABLE IF EXISTS {copy}"))
+
+    def by_column(outcome: quality.Outcome) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(f["expectation"].removeprefix("expect_column_"), f["column"]): f for f in outcome.details["failures"]}
+
+    assert not student.passed
+    failures = by_column(student)
+    assert set(failures) == {
+        ("values_to_not_be_null", "student_no"),
+        ("values_to_be_unique", "student_no"),
+        ("values_to_be_in_set", "status"),
+        ("values_to_be_in_set", "education_level"),
+        ("values_to_match_regex", "email"),
+    }
+    assert failures[("values_to_be_unique", "student_no")]["unexpected_count"] == 2
+    assert all(f["unexpected_count"] == 1 for k, f in failures.items() if k[0] != "values_to_be_unique")
+    assert failures[("values_to_match_regex", "email")]["samples"] == [{"student_no": None, "email": "n***"}]
+
+    assert not people.passed
+    failures = by_column(people)
+    assert set(failures) == {("values_to_be_in_set", "sex"), ("values_to_match_regex", "phone")}
+    masked = failures[("values_to_match_regex", "phone")]["samples"]
+    assert masked == [{"id": person, "phone": quality.mask_phone("2" + phone[1:])}]
+    assert phone[1:] not in str(people.metadata())
+
+    assert not staff.passed
+    assert by_column(staff)[("values_to_be_in_set", "title_code")]["samples"] == [
+        {"staff_no": staff_no, "title_code": "ZZZ"}
+    ]
+
+
+def test_references_catch_missing_deleted_and_disagreeing(layer: Layer) -> None:
+    engine = layer.engine
+    major, college = one(engine, "SELECT code, college_id FROM major ORDER BY code LIMIT 1")
+    with broken(
+        engine,
+        f"UPDATE major SET college_id = NULL WHERE code = '{major}'",
+        restore=[f"UPDATE major SET college_id = {college} WHERE code = '{major}'"],
+    ) as connection:
+        majors = quality.reference_problems(connection, "major")
+    assert not majors.passed and majors.counts == {
+        "rows": live(engine, "major"),
+        "failing": 1,
+        "college_id missing": 1,
+    }
+    assert majors.samples == [{"code": major, "column": "college_id", "problem": "missing"}]
+
+    # A class gone at the source (marked deleted) while its students are still current.
+    code = scalar(engine, "SELECT MIN(class_code) FROM student")
+    members = scalar(engine, "SELECT COUNT(*) FROM student WHERE class_code = :code", code=code)
+    with broken(
+        engine,
+        f"UPDATE class_group SET deleted_at = CURRENT_TIMESTAMP WHERE code = '{code}'",
+        restore=[f"UPDATE class_group SET deleted_at = NULL WHERE code = '{code}'"],
+    ) as connection:
+        deleted = quality.reference_problems(connection, "student")
+    assert not deleted.passed
+    assert deleted.counts == {
+        "rows": live(engine, "student"),
+        "failing": members,
+        "class_id points at a deleted row": members,
+    }
+
+    # A student whose major is not their class's major: checkable only once classes know theirs.
+    unlinked = scalar(engine, "SELECT COUNT(*) FROM class_group WHERE major_id IS NULL")
+    assert unlinked == 0, f"{unlinked} classes are not linked to a major: nothing to disagree with"
+    lone, major_id = one(engine, "SELECT student_no, major_id FROM student ORDER BY student_no LIMIT 1")
+    other = scalar(engine, "SELECT MIN(id) FROM major WHERE id <> :id", id=major_id)
+    with broken(
+        engine,
+        f"UPDATE student SET major_id = {other} WHERE student_no = '{lone}'",
+        restore=[f"UPDATE student SET major_id = {major_id} WHERE student_no = '{lone}'"],
+    ) as connection:
+        disagreeing = quality.reference_problems(connection, "student")
+    assert not disagreeing.passed and disagreeing.counts["failing"] >= 1
+    problem = "major_id disagrees with its class_group"
+    assert disagreeing.counts[problem] == 1
+    assert {"student_no": lone, "column": "major_id", "problem": problem} in disagreeing.samples
+
+
+def live(engine: Engine, table: str) -> int:
+    return int(scalar(engine, f"SELECT COUNT(*) FROM {table} WHERE deleted_at IS NULL"))
+
+
+def test_references_catch_dangling_ids(layer: Layer) -> None:
+    """A reference to a row that does not exist at all: only possible with foreign keys off."""
+    lone, class_id = one(layer.engine, "SELECT student_no, class_id FROM student ORDER BY student_no LIMIT 1")
+    off, on = (
+        ("PRAGMA foreign_keys = OFF", "PRAGMA foreign_keys = ON")
+        if layer.kind == "sqlite"
+        else ("SET session_replication_role = replica", "SET session_replication_role = DEFAULT")
+    )
+    with layer.engine.connect() as connection:
+        connection.execute(text(off))
+        connection.commit()
+        try:
+            connection.execute(text(f"UPDATE student SET class_id = 999999 WHERE student_no = '{lone}'"))
+            connection.commit()
+            outcome = quality.reference_problems(connection, "student")
+        finally:
+            connection.execute(text(f"UPDATE student SET class_id = {class_id} WHERE student_no = '{lone}'"))
+            connection.commit()
+            connection.execute(text(on))
+            connection.commit()
+    rows = live(layer.engine, "student")
+    assert not outcome.passed and outcome.counts == {"rows": rows, "failing": 1, "class_id dangling": 1}
+    assert outcome.samples == [{"student_no": lone, "column": "class_id", "problem": "dangling"}]
+
+
+def test_card_balances_that_do_not_reconcile_fail(layer: Layer) -> None:
+    engine = layer.engine
+    # A card whose account changed no later than the newest transaction held: a settled one.
+    card, balance = one(
+        engine,
+        """SELECT card_no, balance_fen FROM card_account
+           WHERE card_no IN (SELECT card_no FROM card_transaction)
+             AND source_updated_at <= (SELECT MAX(at) FROM card_transaction)
+           ORDER BY card_no LIMIT 1""",
+    )
+    with broken(
+        engine,
+        f"UPDATE card_account SET balance_fen = balance_fen + 1 WHERE card_no = '{card}'",
+        restore=[f"UPDATE card_account SET balance_fen = {balance} WHERE card_no = '{card}'"],
+    ) as connection:
+        outcome = quality.card_balance_problems(connection)
+    assert not outcome.passed and outcome.counts["failing"] == 1
+    (sample,) = outcome.samples
+    assert sample["card_no"] == card and sample["balance_fen"] == balance + 1 == sample["balance_after_fen"] + 1
+
+
+def test_transactions_newer_than_the_account_snapshot_are_not_yet_in_the_balance(layer: Layer) -> None:
+    """A transaction after the accounts were pulled must not fail the check (the next sync
+    brings the new balance); the same transaction before the snapshot must."""
+    engine = layer.engine
+    card = scalar(engine, "SELECT MIN(card_no) FROM card_transaction")
+    with engine.connect() as connection:
+        snapshot = quality.account_snapshot(connection)
+    assert snapshot is not None
+
+    def late(at: dt.datetime) -> quality.Outcome:
+        """The balance check with one more transaction of `card`, stored the way unify stores it."""
+        table = CardTransaction.__table__
+        row = {"card_no": card, "amount_fen": -100, "balance_after_fen": -999_999, "kind": "消费"}
+        with engine.begin() as connection:
+            seq = connection.execute(select(func.max(table.c.seq))).scalar_one() + 1
+            connection.execute(insert(table).values(seq=seq, at=at, day=at.astimezone(quality.CST).date(), **row))
+        try:
+            with engine.connect() as connection:
+                return quality.card_balance_problems(connection)
+        finally:
+            with engine.begin() as connection:
+                connection.execute(delete(table).where(table.c.seq == seq))
+
+    assert late(snapshot + dt.timedelta(hours=1)).passed
+    early = late(snapshot - dt.timedelta(minutes=1))
+    assert not early.passed and [s["card_no"] for s in early.samples] == [card]
+
+
+def test_broken_transaction_chain_fails(layer: Layer) -> None:
+    engine = layer.engine
+    seq = scalar(engine, "SELECT MAX(seq) FROM card_transaction WHERE seq < (SELECT MAX(seq) FROM card_transaction)")
+    card = scalar(engine, f"SELECT card_no FROM card_transaction WHERE seq = {seq}")
+    with broken(
+        engine,
+        f"UPDATE card_transaction SET amount_fen = amount_fen + 5 WHERE seq = {seq}",
+        restore=[f"UPDATE card_transaction SET amount_fen = amount_fen - 5 WHERE seq = {seq}"],
+    ) as connection:
+        outcome = quality.card_chain_problems(connection)
+    assert not outcome.passed and outcome.counts["failing"] == 1
+    (sample,) = outcome.samples
+    assert sample["seq"] == seq and sample["card_no"] == card
+    assert sample["previous_balance_fen"] + sample["amount_fen"] == sample["balance_after_fen"] + 5
+
+
+def test_payments_beyond_the_tolerance_fail(layer: Layer) -> None:
+    engine = layer.engine
+    with engine.connect() as connection:
+        bill, amount, paid, count = connection.execute(
+            text(
+                """SELECT b.bill_no, b.amount_fen, SUM(p.amount_fen), COUNT(*) FROM fee_bill b
+                   JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.amount_fen
+                   ORDER BY b.bill_no LIMIT 1"""
+            )
+        ).one()
+        payment, share = connection.execute(
+            text(f"SELECT payment_no, amount_fen FROM payment WHERE bill_no = '{bill}' ORDER BY payment_no LIMIT 1")
+        ).one()
+
+    def paying(extra: int) -> quality.Outcome:
+        # Raise one payment so that the bill's payments total its amount plus `extra`.
+        raised = share + (amount - paid) + extra
+        with broken(
+            engine,
+            f"UPDATE payment SET amount_fen = {raised} WHERE payment_no = '{payment}'",
+            restore=[f"UPDATE payment SET amount_fen = {share} WHERE payment_no = '{payment}'"],
+        ) as connection:
+            return quality.overpaid_bills(connection)
+
+    assert paying(quality.TOLERANCE_FEN).passed
+    over = paying(quality.TOLERANCE_FEN + 1)
+    assert not over.passed and over.counts["failing"] == 1
+    paid_fen = amount + quality.TOLERANCE_FEN + 1
+    assert over.samples == [{"bill_no": bill, "amount_fen": amount, "paid_fen": paid_fen, "payments": count}]
+
+
+def test_id_numbers_that_disagree_are_reported_by_person_never_by_number(layer: Layer) -> None:
+    with layer.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                """SELECT id, id_number_cipher, birth_date, sex FROM person
+                   WHERE id_number_cipher IS NOT NULL AND birth_date IS NOT NULL AND sex IN ('1', '2')
+                   ORDER BY id LIMIT 3"""
+            )
+        ).all()
+    (born, _, birth, _), (sexed, _, _, sex), (forged, cipher, _, _) = rows
+    numbers = [decrypt_id(row.id_number_cipher) for row in rows]
+    birth = dt.date.fromisoformat(str(birth)[:10])
+    # The right person's number with a wrong check character.
+    bad = numbers[2][:17] + next(c for c in "0123456789X" if c != numbers[2][17])
+    with broken(
+        layer.engine,
+        f"UPDATE person SET birth_date = '{birth + dt.timedelta(days=1)}' WHERE id = {born}",
+        f"UPDATE person SET sex = '{'2' if sex == '1' else '1'}' WHERE id = {sexed}",
+        ("UPDATE person SET id_number_cipher = :cipher WHERE id = :id", {"cipher": encrypt_id(bad), "id": forged}),
+        restore=[
+            f"UPDATE person SET birth_date = '{birth}' WHERE id = {born}",
+            f"UPDATE person SET sex = '{sex}' WHERE id = {sexed}",
+            ("UPDATE person SET id_number_cipher = :cipher WHERE id = :id", {"cipher": cipher, "id": forged}),
+        ],
+    ) as connection:
+        outcome = quality.id_number_problems(connection)
+    assert not outcome.passed
+    assert outcome.counts["failing"] == 3
+    assert outcome.counts["id number: birth date disagrees with the record"] == 1
+    assert outcome.counts["id number: sex digit disagrees with the record"] == 1
+    assert outcome.counts["id number: check digit does not match"] == 1
+    assert {s["person_id"] for s in outcome.samples} == {born, sexed, forged}
+    shown = str(outcome.metadata())
+    assert not any(number[6:] in shown for number in [*numbers, bad])  # not even the birth date and sequence
