@@ -22,16 +22,15 @@ import heapq
 import hmac
 import itertools
 import time
-from bisect import bisect_right
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any, overload
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 
 from campushub.simulators.faults import FaultSettings
 from campushub.simulators.malformed import Corruptible, maybe_corrupt, repeats_previous_page
-from campushub.simulators.service import Selection, json_response, page_slice, service_app
+from campushub.simulators.service import Selection, Without, json_response, page_slice, service_app
 from campushub.simulators.settings import SimulatorSettings
 from campushub.simulators.world import CST, SNAPSHOT, CardAccount, CardTransaction, World
 
@@ -86,40 +85,6 @@ class NonceWindow:
 
     def __len__(self) -> int:
         return len(self._expiry)
-
-
-class ExistingAccounts(Sequence[int]):
-    """The indices of the accounts that exist, in order, without listing them.
-
-    Only a dual-role person's student slot has no card (they carry their staff card), so the
-    sequence is every index minus a short sorted list, and position -> index is a bisection.
-    """
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        candidates = (world.student_index_of_dual_staff(staff) for staff in range(world.staff_count))
-        missing = sorted(i for i in candidates if i is not None and not world.account_exists(i))
-        # missing[j] - j is the position at which the j-th gap is skipped.
-        self._skips = [index - j for j, index in enumerate(missing)]
-
-    def __len__(self) -> int:
-        return self.world.account_count - len(self._skips)
-
-    def _index(self, position: int) -> int:
-        return position + bisect_right(self._skips, position)
-
-    @overload
-    def __getitem__(self, item: int) -> int: ...
-    @overload
-    def __getitem__(self, item: slice) -> list[int]: ...
-    def __getitem__(self, item: int | slice) -> int | list[int]:
-        size = len(self)
-        if isinstance(item, slice):
-            return [self._index(p) for p in range(*item.indices(size))]
-        position = item + size if item < 0 else item
-        if not 0 <= position < size:
-            raise IndexError(item)
-        return self._index(position)
 
 
 class _TimeText:
@@ -201,7 +166,9 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
     selection = Selection(world)
     nonces = NonceWindow(settings.card_max_clock_skew)
     time_text = _TimeText()
-    existing = ExistingAccounts(world)
+    # Only a dual-role person's student slot has no card (they carry their staff card).
+    candidates = (world.student_index_of_dual_staff(staff) for staff in range(world.staff_count))
+    cardless = sorted(i for i in candidates if i is not None and not world.account_exists(i))
 
     @app.exception_handler(_VendorError)
     def vendor_error(request: Request, exc: _VendorError) -> Response:
@@ -244,7 +211,7 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
         if begin is None or begin < SNAPSHOT:
             end = end or dt.datetime.now(CST).replace(microsecond=0)
             if begin is None:
-                return existing, end
+                return Without(range(world.account_count), cardless), end
 
             def updated_at(index: int) -> dt.datetime:
                 return world.card_account(index).updated_at if world.account_exists(index) else _NEVER

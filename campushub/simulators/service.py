@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -68,3 +69,41 @@ def page_slice(selection: Sequence[int], page: int, size: int, repeat_previous: 
     if repeat_previous and indices and start > 0:
         indices.insert(0, selection[start - 1])
     return indices
+
+
+class Without(Sequence[int]):
+    """An ascending selection of record indices minus a few removed ones, without listing it.
+
+    The selection may be a `range` of a million students; deletions are a handful. So only the
+    positions of the removed indices are kept, and position -> index is a bisection: pages stay
+    generated on demand and their count is exact.
+    """
+
+    def __init__(self, selection: Sequence[int], removed: Sequence[int]) -> None:
+        self.selection = selection
+        positions = []
+        for index in removed:  # ascending, so the positions are too
+            position = bisect_left(selection, index)
+            if position < len(selection) and selection[position] == index:
+                positions.append(position)
+        # positions[j] - j is the position in the result from which the j-th removal is skipped.
+        self._skips = [position - j for j, position in enumerate(positions)]
+
+    def __len__(self) -> int:
+        return len(self.selection) - len(self._skips)
+
+    def _index(self, position: int) -> int:
+        return self.selection[position + bisect_right(self._skips, position)]
+
+    @overload
+    def __getitem__(self, item: int) -> int: ...
+    @overload
+    def __getitem__(self, item: slice) -> list[int]: ...
+    def __getitem__(self, item: int | slice) -> int | list[int]:
+        size = len(self)
+        if isinstance(item, slice):
+            return [self._index(p) for p in range(*item.indices(size))]
+        position = item + size if item < 0 else item
+        if not 0 <= position < size:
+            raise IndexError(item)
+        return self._index(position)
