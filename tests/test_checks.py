@@ -424,9 +424,19 @@ def test_card_balances_that_do_not_reconcile_fail(layer: Layer) -> None:
         restore=[f"UPDATE card_account SET balance_fen = {balance} WHERE card_no = '{card}'"],
     ) as connection:
         outcome = quality.card_balance_problems(connection)
+        # A partition run checks the cards of its days alone: this card's last day, and a day
+        # without it.
+        last_day = connection.execute(
+            text(f"SELECT day FROM card_transaction WHERE card_no = '{card}' ORDER BY seq DESC LIMIT 1")
+        ).scalar_one()
+        last_day = dt.date.fromisoformat(str(last_day))
+        windowed = quality.card_balance_problems(connection, (last_day, last_day))
+        elsewhere = quality.card_balance_problems(connection, (dt.date(2000, 1, 1), dt.date(2000, 1, 2)))
     assert not outcome.passed and outcome.counts["failing"] == 1
     (sample,) = outcome.samples
     assert sample["card_no"] == card and sample["balance_fen"] == balance + 1 == sample["balance_after_fen"] + 1
+    assert not windowed.passed and windowed.samples == outcome.samples
+    assert elsewhere.passed and elsewhere.counts["cards_with_transactions"] == 0
 
 
 def test_transactions_newer_than_the_account_snapshot_are_not_yet_in_the_balance(layer: Layer) -> None:
@@ -467,10 +477,15 @@ def test_broken_transaction_chain_fails(layer: Layer) -> None:
         restore=[f"UPDATE card_transaction SET amount_fen = amount_fen - 5 WHERE seq = {seq}"],
     ) as connection:
         outcome = quality.card_chain_problems(connection)
+        day = dt.date.fromisoformat(
+            str(connection.execute(text(f"SELECT day FROM card_transaction WHERE seq = {seq}")).scalar_one())
+        )
+        windowed = quality.card_chain_problems(connection, (day, day))  # a partition run of that day
     assert not outcome.passed and outcome.counts["failing"] == 1
     (sample,) = outcome.samples
     assert sample["seq"] == seq and sample["card_no"] == card
     assert sample["previous_balance_fen"] + sample["amount_fen"] == sample["balance_after_fen"] + 5
+    assert not windowed.passed and windowed.counts["failing"] == 1 and windowed.samples == outcome.samples
 
 
 def test_payments_beyond_the_tolerance_fail(layer: Layer) -> None:

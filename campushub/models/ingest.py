@@ -8,14 +8,15 @@ and the cursor never moves ahead of the data it covers.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, Table, select, update
+from sqlalchemy import Connection, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campushub.models.base import utcnow
@@ -42,16 +43,45 @@ class BatchLike(Protocol):
     def fetched_at(self) -> dt.datetime: ...
 
 
+def serialise(payload: dict[str, Any]) -> tuple[str, str]:
+    """A payload's JSON text and its content hash, from one serialisation: the text is what
+    raw landing stores, so a record is encoded once on its way in."""
+    body = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    return body, hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()
+
+
 def content_hash(payload: dict[str, Any]) -> str:
-    return hashlib.md5(
-        json.dumps(payload, sort_keys=True, ensure_ascii=False).encode(), usedforsecurity=False
-    ).hexdigest()
+    return serialise(payload)[1]
 
 
 def upsert(connection: Connection, table: Table):  # type: ignore[no-untyped-def]
     """INSERT … ON CONFLICT for the connection's dialect (SQLite and PostgreSQL share the API)."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def bind_processors(connection: Connection, table: Table, columns: Sequence[str]) -> list[Callable[[Any], Any] | None]:
+    """Each column's conversion to what the driver is given (UTC instants, SQLite's date text),
+    for writers that hand the driver plain tuples."""
+    dialect = connection.dialect
+    return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+
+
+def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Append `rows` (tuples in `columns` order, values already as the driver takes them) to
+    `table` inside the connection's transaction, by the database's own bulk path: COPY on
+    PostgreSQL, one prepared INSERT run over all rows elsewhere. No ORM, no per-row dicts."""
+    if not rows:
+        return
+    names = ", ".join(columns)
+    if connection.dialect.name == "postgresql":
+        driver = connection.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    marks = ", ".join("?" for _ in columns)
+    connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))
 
 
 @dataclass
@@ -89,10 +119,88 @@ class LandingResult:
         }
 
 
+def bulk_upsert(
+    connection: Connection, table: Table, key: Sequence[str], rows: Sequence[dict[str, Any]], *, update: bool
+) -> int:
+    """INSERT … ON CONFLICT (key) DO UPDATE (or DO NOTHING) of `rows`, all with the same
+    columns, through the bulk path. Returns the rows written: with DO NOTHING, those inserted.
+
+    PostgreSQL: COPY into a session-scoped staging table, then one INSERT … SELECT.
+    Elsewhere: one prepared statement run over plain tuples.
+    """
+    if not rows:
+        return 0
+    columns = list(rows[0])
+    converting = [(i, p) for i, p in enumerate(bind_processors(connection, table, columns)) if p]
+    values = []
+    for row in rows:
+        value = [row[name] for name in columns]
+        for index, processor in converting:
+            value[index] = processor(value[index])
+        values.append(tuple(value))
+    quote = connection.dialect.identifier_preparer.quote
+    names = ", ".join(quote(name) for name in columns)
+    if update:
+        assignments = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in columns if n not in key)
+        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO UPDATE SET {assignments}"
+    else:
+        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO NOTHING"
+    if connection.dialect.name != "postgresql":
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
+        return int(connection.exec_driver_sql(sql, values).rowcount)
+    stage = _staging_table(connection, table, columns)
+    driver = connection.connection.driver_connection
+    with driver.cursor() as cursor:
+        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+            for value in values:
+                copy.write_row(value)
+        cursor.execute(f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {stage} {conflict}")
+        written = cursor.rowcount
+        cursor.execute(f"TRUNCATE {stage}")
+    return int(written)
+
+
+def _staging_table(connection: Connection, table: Table, columns: Sequence[str]) -> str:
+    """A temporary table shaped like `columns` of `table`, made once per database session (a
+    column set of its own, since streams writing one table may not fill the same columns)."""
+    signature = hashlib.md5(",".join(columns).encode(), usedforsecurity=False).hexdigest()[:8]
+    name = f"stage_{table.name}_{signature}"
+    quote = connection.dialect.identifier_preparer.quote
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} ON COMMIT DELETE ROWS AS "
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(table.name)} WITH NO DATA"
+    )
+    return name
+
+
+# Raw landing's columns as the bulk path writes them; `payload` goes as JSON text.
+RAW_COLUMNS = ("source", "stream", "source_key", "run_id", "fetched_at", "content_hash", "payload", "event_day")
+RAW_BINDS = ("fetched_at", "event_day")  # the columns whose values the driver needs converted
+
+
+def _no_conversion(value: Any) -> Any:
+    return value
+
+
 def _latest_hashes(connection: Connection, source: str, stream: str, keys: list[str]) -> dict[str, str]:
     """The content hash of the newest landed version of each key."""
     if not keys:
         return {}
+    if connection.dialect.name == "postgresql":
+        # One index probe per key. An IN list lets the planner probe by (source, stream) alone
+        # and filter the stream's rows: while a first load fills the table inside one
+        # transaction, statistics call it tiny, and each page would scan all landed so far.
+        rows = connection.execute(
+            text(
+                """SELECT k.key, (SELECT r.content_hash FROM raw_record r
+                                  WHERE r.source = :source AND r.stream = :stream AND r.source_key = k.key
+                                  ORDER BY r.id DESC LIMIT 1)
+                   FROM unnest(CAST(:keys AS text[])) AS k(key)"""
+            ),
+            {"source": source, "stream": stream, "keys": keys},
+        )
+        return {key: digest for key, digest in rows if digest is not None}
     rows = connection.execute(
         select(RawRecord.source_key, RawRecord.content_hash)
         .where(RawRecord.source == source, RawRecord.stream == stream, RawRecord.source_key.in_(keys))
@@ -152,6 +260,9 @@ def land_batches(
 ) -> None:
     """Land every batch on `connection` (inside the caller's transaction); collect the keys of
     good records in `seen_keys` when given."""
+    binds = bind_processors(connection, RawRecord.__table__, RAW_BINDS)
+    fetched_at, day_of = (bind or _no_conversion for bind in binds)
+    day_of = functools.lru_cache(maxsize=1024)(day_of)  # a few hundred days for millions of events
     for batch in batches:
         result.pages += 1
         result.fetched += len(batch.records)
@@ -168,25 +279,25 @@ def land_batches(
             seen_keys.update(record.key for record in batch.records if record.key)
             result.keyless += sum(1 for record in bad if not record.key)
 
-        hashes = [content_hash(r.data) for r in good]
+        encoded = [serialise(r.data) for r in good]
         # Events (append-only streams) are never re-sent with new content: skip the look-up.
         known = {} if append_only else _latest_hashes(connection, source, stream, [r.key for r in good if r.key])
+        fetched = fetched_at(batch.fetched_at)
         rows = [
-            {
-                "source": source,
-                "stream": stream,
-                "source_key": record.key,
-                "run_id": result.run_id,
-                "fetched_at": batch.fetched_at,
-                "content_hash": digest,
-                "payload": record.data,
-                "event_day": event_day(record.data) if event_day else None,
-            }
-            for record, digest in zip(good, hashes, strict=True)
+            (
+                source,
+                stream,
+                record.key,
+                result.run_id,
+                fetched,
+                digest,
+                body,
+                day_of(event_day(record.data)) if event_day else None,
+            )
+            for record, (body, digest) in zip(good, encoded, strict=True)
             if known.get(record.key or "") != digest
         ]
-        if rows:
-            connection.execute(RawRecord.__table__.insert(), rows)
+        bulk_insert(connection, RawRecord.__table__, RAW_COLUMNS, rows)
         result.landed += len(rows)
         result.unchanged += len(good) - len(rows)
         if batch.cursor is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.fernet import InvalidToken
-from sqlalchemy import Connection, Engine, Table, bindparam, select, text
+from sqlalchemy import BindParameter, Connection, Date, Engine, Table, TextClause, bindparam, select, text
 
 from campushub.models.base import Base, UTCDateTime
 from campushub.models.landing import SyncState
@@ -386,9 +386,21 @@ def account_snapshot(connection: Connection) -> dt.datetime | None:
         return None
 
 
+# A run over at most this many days checks the cards and transactions of those days alone
+# (index look-ups); a longer one checks the whole ledger in one pass (window functions).
+WINDOWED_DAYS = 31
+
+
+def _windowed(days: tuple[dt.date, dt.date] | None) -> bool:
+    return days is not None and (days[1] - days[0]).days < WINDOWED_DAYS
+
+
 @_timed
-def card_balance_problems(connection: Connection) -> Outcome:
+def card_balance_problems(connection: Connection, days: tuple[dt.date, dt.date] | None = None) -> Outcome:
     """Each card's balance is the balance after its last transaction.
+
+    With `days` (a partition run's first and last day), only the cards with a transaction on
+    those days: what that run can have changed.
 
     Accounts and transactions are pulled separately, so the two can be out of step for a
     moment; those cards are left for the next run instead of failing it: transactions later
@@ -399,8 +411,11 @@ def card_balance_problems(connection: Connection) -> Outcome:
     snapshot = account_snapshot(connection)
     # Bound through the same UTC type the columns use, so SQLite's text comparison lines up.
     cutoff = "" if snapshot is None else "WHERE t.at <= :snapshot"
-    statement = text(
-        f"""WITH ranked AS (
+    statement = (
+        _last_transactions_in(snapshot is not None)
+        if _windowed(days)
+        else text(
+            f"""WITH ranked AS (
                 SELECT t.card_no, t.seq, t.balance_after_fen,
                        ROW_NUMBER() OVER (PARTITION BY t.card_no ORDER BY t.seq DESC) AS position
                 FROM card_transaction t {cutoff}
@@ -410,9 +425,13 @@ def card_balance_problems(connection: Connection) -> Outcome:
             FROM card_account a JOIN ranked r ON r.card_no = a.card_no AND r.position = 1
             WHERE a.deleted_at IS NULL
             ORDER BY a.card_no"""
+        )
     )
     if snapshot is not None:
         statement = statement.bindparams(bindparam("snapshot", snapshot, type_=UTCDateTime()))
+    if _windowed(days):
+        assert days is not None
+        statement = statement.bindparams(*_window(days))
     rows = connection.execute(statement).all()
     settled = [row for row in rows if not row.unsettled]
     wrong = [row for row in settled if row.balance_fen != row.balance_after_fen]
@@ -436,10 +455,34 @@ def card_balance_problems(connection: Connection) -> Outcome:
     )
 
 
+def _last_transactions_in(before_snapshot: bool) -> TextClause:
+    """`card_balance_problems`' rows for the cards with a transaction in [:first, :last]: each
+    card's last transaction found through the (card_no, seq) index instead of ranking them all."""
+    cutoff = "AND l.at <= :snapshot" if before_snapshot else ""
+    return text(
+        f"""WITH ledger AS (SELECT MAX(at) AS ends FROM card_transaction)
+            SELECT a.card_no, a.balance_fen, t.balance_after_fen, t.seq,
+                   CASE WHEN a.source_updated_at > (SELECT ends FROM ledger) THEN 1 ELSE 0 END AS unsettled
+            FROM card_account a
+            JOIN card_transaction t ON t.seq = (
+                SELECT l.seq FROM card_transaction l WHERE l.card_no = a.card_no {cutoff}
+                ORDER BY l.seq DESC LIMIT 1)
+            WHERE a.deleted_at IS NULL
+              AND a.card_no IN (SELECT card_no FROM card_transaction WHERE day BETWEEN :first AND :last)
+            ORDER BY a.card_no"""
+    )
+
+
 @_timed
-def card_chain_problems(connection: Connection) -> Outcome:
+def card_chain_problems(connection: Connection, days: tuple[dt.date, dt.date] | None = None) -> Outcome:
     """Consecutive transactions of a card chain: the previous balance plus this amount is this
-    balance. A gap in the sequence (a transaction not loaded) shows here too."""
+    balance. A gap in the sequence (a transaction not loaded) shows here too.
+
+    With `days`, only the transactions of those days, each against its card's previous one
+    (whatever day that was on)."""
+    if _windowed(days):
+        assert days is not None
+        return _chain_problems_in(connection, days)
     rows = connection.execute(
         text(
             """WITH chained AS (
@@ -472,6 +515,52 @@ def card_chain_problems(connection: Connection) -> Outcome:
             }
             for r in rows
         ],
+    )
+
+
+def _window(days: tuple[dt.date, dt.date]) -> tuple[BindParameter[dt.date], BindParameter[dt.date]]:
+    # Typed, so SQLite compares its date text with date text.
+    return bindparam("first", days[0], type_=Date()), bindparam("last", days[1], type_=Date())
+
+
+def _chain_problems_in(connection: Connection, days: tuple[dt.date, dt.date]) -> Outcome:
+    rows = connection.execute(
+        text(
+            """WITH chained AS (
+                   SELECT t.seq, t.card_no, t.amount_fen, t.balance_after_fen,
+                          p.balance_after_fen AS previous, p.seq AS previous_seq
+                   FROM card_transaction t
+                   JOIN card_transaction p ON p.seq = (
+                       SELECT MAX(q.seq) FROM card_transaction q WHERE q.card_no = t.card_no AND q.seq < t.seq)
+                   WHERE t.day BETWEEN :first AND :last
+               )
+               SELECT seq, card_no, previous_seq, previous, amount_fen, balance_after_fen,
+                      COUNT(*) OVER () AS failing
+               FROM chained
+               WHERE previous + amount_fen <> balance_after_fen
+               ORDER BY seq LIMIT :sample"""
+        ).bindparams(*_window(days)),
+        {"sample": SAMPLE},
+    ).all()
+    total = connection.execute(
+        text("SELECT COUNT(*) FROM card_transaction WHERE day BETWEEN :first AND :last").bindparams(*_window(days))
+    ).scalar_one()
+    failing = int(rows[0].failing) if rows else 0
+    return Outcome(
+        passed=failing == 0,
+        counts={"transactions": int(total), "failing": failing},
+        samples=[
+            {
+                "seq": r.seq,
+                "card_no": r.card_no,
+                "previous_seq": r.previous_seq,
+                "previous_balance_fen": r.previous,
+                "amount_fen": r.amount_fen,
+                "balance_after_fen": r.balance_after_fen,
+            }
+            for r in rows
+        ],
+        details={"days": f"{days[0].isoformat()}..{days[1].isoformat()}"},
     )
 
 

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, or_, select, text, update
+from sqlalchemy import Connection, Exists, Select, Table, and_, cast, exists, func, or_, select, text, update
 
 from campushub.models import normalize as norm
 from campushub.models.base import utcnow
-from campushub.models.ingest import upsert
+from campushub.models.ingest import bulk_upsert, upsert
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncState
 from campushub.models.protect import encrypt_id, id_hash
 from campushub.models.unified import (
@@ -395,10 +395,7 @@ def _write(
     if not rows:
         return 0, 0, 0
     if immutable:
-        statement = upsert(connection, table).on_conflict_do_nothing(index_elements=list(key))
-        # Counted from RETURNING: an executemany's rowcount is -1 on psycopg.
-        returning = statement.returning(*(table.c[name] for name in key))
-        inserted = len(connection.execute(returning, rows).all())
+        inserted = bulk_upsert(connection, table, key, rows, update=False)
         return inserted, 0, len(rows) - inserted
     key_columns = [table.c[name] for name in key]
     keys = [tuple(row[name] for name in key) for row in rows]
@@ -409,18 +406,13 @@ def _write(
         tuple(r[: len(key)]): r[-1]
         for r in connection.execute(select(*key_columns, table.c.row_hash).where(key_columns[0].in_(leading)))
     }
+    now = utcnow()
     for row in rows:
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
-        row["loaded_at"] = utcnow()
+        row["loaded_at"] = now
     changed = [row for row, k in zip(rows, keys, strict=True) if existing.get(k) != row["row_hash"]]
-    if changed:
-        statement = upsert(connection, table)
-        columns = [name for name in changed[0] if name not in key]
-        statement = statement.on_conflict_do_update(
-            index_elements=list(key), set_={name: statement.excluded[name] for name in columns}
-        )
-        connection.execute(statement, changed)
+    bulk_upsert(connection, table, key, changed, update=True)
     inserted = sum(1 for k in keys if k not in existing)
     return inserted, len(changed) - inserted, len(rows) - len(changed)
 
@@ -443,15 +435,7 @@ def _write_identities(connection: Connection, identities: list[dict[str, Any]]) 
         digest = row_hash({k: v for k, v in identity.items() if k != "id_number_cipher"})
         if existing.get((identity["source"], identity["source_key"])) != digest:
             changed.append({**identity, "row_hash": digest, "resolved": False})
-    if changed:
-        statement = upsert(connection, table)
-        columns = [name for name in changed[0] if name not in ("source", "source_key")]
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["source", "source_key"], set_={name: statement.excluded[name] for name in columns}
-            ),
-            changed,
-        )
+    bulk_upsert(connection, table, ("source", "source_key"), changed, update=True)
 
 
 def unify(
@@ -459,28 +443,30 @@ def unify(
     mapping: Mapping,
     run_id: str,
     *,
-    chunk: int = 2000,
+    chunk: int = 5000,
     event_day: dt.date | None = None,
 ) -> UnifyResult:
     """Apply `mapping` to the raw records landed since its watermark (in the caller's transaction).
 
-    With `event_day` (card transactions), only that day's records are read, and no watermark
-    is kept: a day's partition is rebuilt from raw landing whenever it is materialised.
+    With `event_day` (card transactions), that day's records are read instead, and no
+    watermark is kept: a day's partition is rebuilt from raw landing whenever it is
+    materialised. Events already in the table are counted as unchanged without being
+    decoded again: they are immutable, so rebuilding a day costs what it lacks.
     """
     started = time.perf_counter()
     result = UnifyResult(mapping.watermark_stream)
     watermark = 0 if event_day else _watermark(connection, mapping.watermark_stream)
     result.watermark_before = result.watermark_after = watermark
-    raw = RawRecord.__table__
-    while True:
-        query = select(raw.c.id, raw.c.source_key, raw.c.content_hash, raw.c.payload).where(
-            raw.c.source == mapping.source, raw.c.stream == mapping.stream, raw.c.id > watermark
-        )
-        if event_day is not None:
-            query = query.where(raw.c.event_day == event_day)
-        records = connection.execute(query.order_by(raw.c.id).limit(chunk)).all()
-        if not records:
-            break
+    query = _raw_query(mapping, watermark, event_day)
+    if event_day is not None and mapping.immutable:
+        present = _already_loaded(mapping)
+        counted = select(func.count()).select_from(query.where(present).subquery())
+        result.read = result.unchanged = connection.execute(counted).scalar_one()
+        query = query.where(~present)
+    # Streamed in chunks: one query per stream, memory bounded by the chunk.
+    # (Statement options: a connection's own would stream every later statement too.)
+    stream = connection.execute(query.order_by(RawRecord.__table__.c.id).execution_options(yield_per=chunk))
+    for records in stream.partitions():
         watermark = records[-1].id
         by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
         identities: dict[str, dict[str, Any]] = {}
@@ -510,6 +496,21 @@ def unify(
         _save_watermark(connection, mapping.watermark_stream, watermark, run_id)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _raw_query(mapping: Mapping, watermark: int, event_day: dt.date | None) -> Select[Any]:
+    raw = RawRecord.__table__
+    query = select(raw.c.id, raw.c.source_key, raw.c.content_hash, raw.c.payload).where(
+        raw.c.source == mapping.source, raw.c.stream == mapping.stream, raw.c.id > watermark
+    )
+    return query if event_day is None else query.where(raw.c.event_day == event_day)
+
+
+def _already_loaded(mapping: Mapping) -> Exists:
+    """An immutable record whose (single, integer) key is in its table already."""
+    (key,) = mapping.key
+    column = mapping.table.c[key]
+    return exists().where(column == cast(RawRecord.__table__.c.source_key, column.type))
 
 
 def mark_deleted(connection: Connection, mapping: Mapping, present_keys: set[str]) -> int:

@@ -12,6 +12,7 @@ carries its counts, a few failing keys (never an ID number; phones and e-mails m
 `duration_s`. A failing check has ERROR severity and blocks: the asset's downstream does not run.
 """
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,11 @@ from dagster import (
     MetadataValue,
     multi_asset_check,
 )
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+)
 from sqlalchemy import Engine
 
 from campushub.models import quality
@@ -42,6 +48,7 @@ class Probe:
     engine: Engine
     table: str
     previous_row_count: Callable[[], int | None]
+    days: tuple[dt.date, dt.date] | None = None  # a partition run's first and last day
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,12 @@ def _id_numbers(probe: Probe) -> quality.Outcome:
 
 def _balances(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
-        return quality.card_balance_problems(connection)
+        return quality.card_balance_problems(connection, probe.days)
 
 
 def _chain(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
-        return quality.card_chain_problems(connection)
+        return quality.card_chain_problems(connection, probe.days)
 
 
 ROW_COUNT = "row_count"  # the check, and the metadata entry each evaluation leaves for the next
@@ -155,6 +162,18 @@ def previous_row_count(context: AssetCheckExecutionContext, key: AssetCheckKey) 
     return None
 
 
+def partition_days(context: AssetCheckExecutionContext) -> tuple[dt.date, dt.date] | None:
+    """The days a partitioned run builds (one partition, or a range), from the run's tags: the
+    checks then look at what that run can have changed, not at every day there is."""
+    tags = context.run.tags
+    first = tags.get(ASSET_PARTITION_RANGE_START_TAG) or tags.get(PARTITION_NAME_TAG)
+    last = tags.get(ASSET_PARTITION_RANGE_END_TAG) or tags.get(PARTITION_NAME_TAG)
+    try:
+        return (dt.date.fromisoformat(first), dt.date.fromisoformat(last)) if first and last else None
+    except ValueError:
+        return None
+
+
 def checks_for(entity: str) -> AssetChecksDefinition:
     table, extra = CHECKS[entity]
     asset_key = AssetKey(["unified", entity])
@@ -173,7 +192,9 @@ def checks_for(entity: str) -> AssetChecksDefinition:
             key = AssetCheckKey(asset_key, name)
             if key not in context.selected_asset_check_keys:
                 continue
-            probe = Probe(database.engine, table, lambda key=key: previous_row_count(context, key))
+            probe = Probe(
+                database.engine, table, lambda key=key: previous_row_count(context, key), partition_days(context)
+            )
             outcome = RULES[name].run(probe)
             if not outcome.passed:
                 context.log.warning(f"{asset_key.to_user_string()} failed {name}: {outcome.counts}")

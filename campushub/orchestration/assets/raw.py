@@ -7,6 +7,7 @@ A reconcile run also marks unified records the source no longer has as deleted.
 """
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,26 +22,22 @@ from dagster import (
 )
 
 from campushub.models.ingest import land_stream
+from campushub.models.sources import FRESHNESS, STREAMS
 from campushub.models.unify import MAPPINGS, mark_deleted
 from campushub.orchestration.resources import DatabaseResource
 
-# source -> streams, in the order a full sync needs them; and how stale a source may get.
-STREAMS: dict[str, tuple[str, ...]] = {
-    "academic": ("colleges", "majors", "classes", "courses", "students", "grades"),
-    "hr": ("departments", "positions", "titles", "staff"),
-    "finance": ("fee_bills", "payments"),
-    "card": ("card_accounts", "card_transactions"),
-}
-FRESHNESS = {
-    "academic": dt.timedelta(hours=1),
-    "hr": dt.timedelta(hours=1),
-    "finance": dt.timedelta(hours=2),  # a daily export with intraday payments
-    "card": dt.timedelta(minutes=45),
-}
 # Event streams: records never change once sent, and each belongs to the day it happened.
 APPEND_ONLY = {("card", "card_transactions")}
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(yyyymmdd: str) -> dt.date:
+    # Millions of events share a few hundred days: parse each day once, not each event.
+    return dt.datetime.strptime(yyyymmdd, "%Y%m%d").date()
+
+
 EVENT_DAY: dict[tuple[str, str], Callable[[dict[str, Any]], dt.date]] = {
-    ("card", "card_transactions"): lambda payload: dt.datetime.strptime(payload["txn_time"][:8], "%Y%m%d").date(),
+    ("card", "card_transactions"): lambda payload: _day(payload["txn_time"][:8]),
 }
 
 
