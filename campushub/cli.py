@@ -4,6 +4,8 @@ campushub simulate [--students N] [--changes N]   start the four stand-in source
 campushub change N [--kinds ...]                  apply N random changes to running stand-ins
 campushub fetch SOURCE STREAM [--cursor C]        pull one stream through its connector
 campushub run                                     the main job (see `run` below)
+campushub serve [--port 8000] [--workers N]       the GraphQL API at /graphql
+campushub token ROLE [--subject S] [--org CODE]   a development token for a demo user
 """
 
 from __future__ import annotations
@@ -149,6 +151,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster.stop()
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The GraphQL API on uvicorn; the schema is migrated to head first."""
+    import uvicorn
+
+    from campushub.models.engine import make_engine
+    from campushub.models.migrate import upgrade
+
+    upgrade(make_engine())
+    uvicorn.run(
+        "campushub.graphql.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a development token: for the demo user of ROLE, or for --subject/--org given."""
+    from campushub.graphql.auth import Principal, mint_token
+    from campushub.graphql.demo import demo_users
+    from campushub.graphql.permissions import ROLES
+    from campushub.models.engine import make_engine
+
+    if args.role not in ROLES:
+        print(f"error: unknown role {args.role!r}; roles: {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    if args.subject:
+        principal = Principal(subject=args.subject, role=args.role, org_unit=args.org)
+    else:
+        with make_engine().connect() as connection:
+            principal = demo_users(connection).get(args.role)  # type: ignore[assignment]
+        if principal is None:
+            print(f"error: no demo {args.role} in the unified layer yet: run `campushub run` first", file=sys.stderr)
+            return 2
+    print(mint_token(principal))
+    if args.verbose:
+        print(
+            f"# {principal.role} {principal.subject} {principal.name or ''} {principal.org_unit or ''}", file=sys.stderr
+        )
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from campushub.models.engine import make_engine
     from campushub.models.migrate import upgrade
@@ -223,6 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     world_options(run)
     run.add_argument("--free-ports", action="store_true", help="serve the stand-ins on free ports")
     run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="the GraphQL API (GraphiQL too, in development)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=cmd_serve)
+
+    token = commands.add_parser("token", help="mint a development token")
+    token.add_argument("role", help="student, staff, college_officer, finance_officer, librarian, hr_officer, steward")
+    token.add_argument("--subject", help="学号 or 工号 (default: the role's demo user)")
+    token.add_argument("--org", help="org unit code, for scoped roles with --subject")
+    token.add_argument("-v", "--verbose", action="store_true", help="say who the token is for (on stderr)")
+    token.set_defaults(handler=cmd_token)
     return parser
 
 

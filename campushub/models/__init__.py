@@ -4,6 +4,7 @@ sync state, provenance and conflicts. The schema is made and changed by Alembic 
 
 from campushub.models.base import Base
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
+from campushub.models.service import AuditEntry, CheckResult
 from campushub.models.unified import (
     CardAccount,
     CardTransaction,
@@ -22,9 +23,11 @@ from campushub.models.unified import (
 )
 
 __all__ = [
+    "AuditEntry",
     "Base",
     "CardAccount",
     "CardTransaction",
+    "CheckResult",
     "ClassGroup",
     "Conflict",
     "Course",

@@ -21,22 +21,10 @@ from dagster import (
 )
 
 from campushub.models.ingest import land_stream
+from campushub.models.sources import FRESHNESS, STREAMS
 from campushub.models.unify import MAPPINGS, mark_deleted
 from campushub.orchestration.resources import DatabaseResource
 
-# source -> streams, in the order a full sync needs them; and how stale a source may get.
-STREAMS: dict[str, tuple[str, ...]] = {
-    "academic": ("colleges", "majors", "classes", "courses", "students", "grades"),
-    "hr": ("departments", "positions", "titles", "staff"),
-    "finance": ("fee_bills", "payments"),
-    "card": ("card_accounts", "card_transactions"),
-}
-FRESHNESS = {
-    "academic": dt.timedelta(hours=1),
-    "hr": dt.timedelta(hours=1),
-    "finance": dt.timedelta(hours=2),  # a daily export with intraday payments
-    "card": dt.timedelta(minutes=45),
-}
 # Event streams: records never change once sent, and each belongs to the day it happened.
 APPEND_ONLY = {("card", "card_transactions")}
 EVENT_DAY: dict[tuple[str, str], Callable[[dict[str, Any]], dt.date]] = {

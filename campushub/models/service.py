@@ -1,0 +1,51 @@
+"""What the hub records about its own service, beside the data it serves.
+
+- `audit_log`: one row per read of personal data (and per refused attempt), written before the
+  answer leaves the API. The API only ever inserts: the migration adds triggers that refuse
+  UPDATE and DELETE on both SQLite and PostgreSQL, so an audit trail cannot be edited through
+  the application's own connection.
+- `check_result`: the latest verdict of every data-quality check, so the API can show stewards
+  what failed (and flag served values) without reading Dagster's own storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from campushub.models.base import Base, BigId, Payload, utcnow
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_subject", "subject_person_id", "at"),
+        Index("ix_audit_log_actor", "actor", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(36))
+    actor: Mapped[str] = mapped_column(String(64))  # the token's subject (学号/工号)
+    actor_role: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(64))  # "form:<id>", "department:<query>", "steward", "self"
+    subject_person_id: Mapped[int | None]
+    entity: Mapped[str] = mapped_column(String(32))
+    fields: Mapped[list[str]] = mapped_column(Payload)
+    outcome: Mapped[str] = mapped_column(String(8))  # allowed / denied
+    detail: Mapped[str | None] = mapped_column(String(256))
+
+
+class CheckResult(Base):
+    __tablename__ = "check_result"
+
+    entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    check_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    passed: Mapped[bool]
+    counts: Mapped[dict[str, Any]]
+    samples: Mapped[list[dict[str, Any]]] = mapped_column(Payload)
+    evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(String(64))
