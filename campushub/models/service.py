@@ -13,10 +13,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Index, String
+from sqlalchemy import Connection, Index, String, delete, insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campushub.models.base import Base, BigId, Payload, utcnow
+from campushub.models.quality import Outcome
 
 
 class AuditEntry(Base):
@@ -49,3 +50,21 @@ class CheckResult(Base):
     samples: Mapped[list[dict[str, Any]]] = mapped_column(Payload)
     evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+def record_check_result(
+    connection: Connection, entity: str, check_name: str, outcome: Outcome, run_id: str | None
+) -> None:
+    """Keep the latest verdict of one check (replacing the previous one) for the API to show."""
+    connection.execute(delete(CheckResult).where(CheckResult.entity == entity, CheckResult.check_name == check_name))
+    connection.execute(
+        insert(CheckResult).values(
+            entity=entity,
+            check_name=check_name,
+            passed=outcome.passed,
+            counts={**outcome.counts, **outcome.details},
+            samples=outcome.samples,
+            evaluated_at=utcnow(),
+            run_id=run_id,
+        )
+    )
