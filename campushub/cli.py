@@ -6,6 +6,7 @@ campushub fetch SOURCE STREAM [--cursor C]        pull one stream through its co
 campushub run                                     the main job (see `run` below)
 campushub serve [--port 8000] [--workers N]       the GraphQL API at /graphql
 campushub token ROLE [--subject S] [--org CODE]   a development token for a demo user
+campushub schema                                  print the GraphQL schema (SDL)
 """
 
 from __future__ import annotations
@@ -197,6 +198,14 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the API's schema as SDL: what `campushub/graphql/schema.graphql` must hold."""
+    from campushub.graphql.sdl import schema_sdl
+
+    sys.stdout.write(schema_sdl())
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from campushub.models.engine import make_engine
     from campushub.models.migrate import upgrade
@@ -284,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--org", help="org unit code, for scoped roles with --subject")
     token.add_argument("-v", "--verbose", action="store_true", help="say who the token is for (on stderr)")
     token.set_defaults(handler=cmd_token)
+
+    schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema.set_defaults(handler=cmd_schema)
     return parser
 
 

@@ -44,7 +44,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
@@ -305,8 +305,51 @@ ReactDOM.createRoot(document.getElementById("graphiql")).render(React.createElem
 </script></body></html>"""
 
 
-def create_app(engine: Engine | None = None, settings: ApiSettings | None = None) -> Starlette:
-    from campushub.models.engine import make_engine
+def _dev_routes(engine: Engine) -> list[Route]:
+    """Development sign-in: pick a demo user, get their token. Never mounted in production."""
+    from campushub.graphql.auth import mint_token
+    from campushub.graphql.demo import demo_users
+    from campushub.graphql.permissions import ROLES
 
-    graphql = GraphQLApp(engine or make_engine(), settings or ApiSettings.from_env(), SCHEMA.graphql_schema)
-    return Starlette(routes=[Route("/graphql", graphql.handle, methods=["GET", "POST"])])
+    def user(principal: Principal) -> dict[str, Any]:
+        return {
+            "role": principal.role,
+            "roleLabel": ROLES[principal.role].label,
+            "subject": principal.subject,
+            "name": principal.name,
+        }
+
+    def users() -> dict[str, Principal]:
+        with engine.connect() as connection:
+            return demo_users(connection)
+
+    async def list_users(_: Request) -> JSONResponse:
+        return JSONResponse([user(p) for p in (await run_in_threadpool(users)).values()])
+
+    async def token(request: Request) -> JSONResponse:
+        principal = (await run_in_threadpool(users)).get(request.query_params.get("role", ""))
+        if principal is None:
+            return JSONResponse({"message": "no demo user for this role"}, 404)
+        return JSONResponse({"token": mint_token(principal), "user": user(principal)})
+
+    return [Route("/dev/users", list_users), Route("/dev/token", token)]
+
+
+def create_app(engine: Engine | None = None, settings: ApiSettings | None = None) -> Starlette:
+    from campushub.graphql.documents import DocumentRoutes
+    from campushub.models.engine import make_engine
+    from campushub.web import routes as web_routes
+
+    engine = engine or make_engine()
+    settings = settings or ApiSettings.from_env()
+    graphql = GraphQLApp(engine, settings, SCHEMA.graphql_schema)
+    documents = DocumentRoutes(engine, settings.development)
+    routes: list[BaseRoute] = [
+        Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+        Route("/api/work-orders/{public_id}/pdf", documents.pdf),
+        Route("/api/verify", documents.verify),
+        *web_routes(),
+    ]
+    if settings.development:
+        routes += _dev_routes(engine)
+    return Starlette(routes=routes)

@@ -22,7 +22,7 @@ from functools import cache
 import jwt
 
 from campushub.graphql.permissions import ROLES
-from campushub.models.engine import DATA_DIR
+from campushub.models.secrets import secret
 
 ISSUER = os.environ.get("CAMPUSHUB_JWT_ISSUER", "campushub")
 AUDIENCE = os.environ.get("CAMPUSHUB_JWT_AUDIENCE", "campushub")
@@ -44,15 +44,7 @@ class Principal:
 
 @cache
 def development_secret() -> str:
-    configured = os.environ.get("CAMPUSHUB_JWT_SECRET")
-    if configured:
-        return configured
-    path = DATA_DIR / "jwt.secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    return secret("CAMPUSHUB_JWT_SECRET", "jwt.secret", lambda: secrets.token_urlsafe(48))
 
 
 @cache

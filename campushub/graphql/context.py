@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select
 
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import Principal
+from campushub.graphql.forms import Form, catalog
 from campushub.graphql.permissions import ROLES, Role
 from campushub.models.unified import OrgUnit, Staff, Student
 
@@ -112,6 +113,17 @@ class RequestContext:
         if grant.scope == "own_college" and (org_unit_id is None or org_unit_id != self.org_unit_id):
             return None
         return Access(entity, subject, f"department:{entity}", grant.fields, grant.masked | {ID_NUMBER})
+
+    def usable_form(self, form_id: str) -> Form:
+        """A form of the catalog the caller's role may use; refused (and audited) otherwise."""
+        form = catalog().get(form_id)
+        if form is None:
+            raise GraphQLError(f"no form {form_id!r}", extensions={"code": "NOT_FOUND"})
+        if self.principal.role not in form.roles:
+            why = f"{self.principal.role}: form not for role"
+            self.audit.denied(self.person_id, "form", (form.id,), f"form:{form.id}", why)
+            raise Forbidden(f"form {form_id!r} is not available to role {self.principal.role}")
+        return form
 
     def refuse(self, entity: str, subject: int | None, what: str, fields: Iterable[str] = ("*",)) -> Forbidden:
         """Audit a refused attempt and return the error to raise."""

@@ -29,6 +29,7 @@ class Role:
     self_entities: frozenset[str]
     grants: dict[str, Grant]
     steward: bool
+    process_forms: frozenset[str]
 
     def grant(self, entity: str) -> Grant | None:
         return self.grants.get(entity)
@@ -58,6 +59,7 @@ def _role(name: str, spec: dict) -> Role:
         self_entities=frozenset(spec.get("self", ())),
         grants=grants,
         steward=bool(spec.get("steward", False)),
+        process_forms=frozenset(spec.get("process_forms", ())),
     )
 
 

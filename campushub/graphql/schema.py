@@ -19,7 +19,7 @@ import graphene
 from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import Select, func, select
 
-from campushub.graphql.context import Forbidden, RequestContext
+from campushub.graphql.context import RequestContext
 from campushub.graphql.forms import Form as FormSpec
 from campushub.graphql.forms import FormField, catalog
 from campushub.graphql.limits import check_page_size
@@ -36,6 +36,23 @@ from campushub.graphql.records import (
     student_query,
 )
 from campushub.graphql.steward import ResolveConflict, ResolveQuarantine, Steward, require_steward
+from campushub.graphql.workorders import (
+    Correction,
+    CorrectionConnection,
+    DecideCorrection,
+    MarkNotificationsRead,
+    NotificationType,
+    SetWorkOrderStatus,
+    SubmitWorkOrder,
+    WorkOrderConnection,
+    WorkOrderType,
+    corrections_to_decide,
+    my_corrections,
+    my_notifications,
+    my_work_orders,
+    work_order_for,
+    work_orders_to_process,
+)
 from campushub.models.landing import SyncRun
 from campushub.models.service import AuditEntry
 from campushub.models.sources import LABELS
@@ -130,18 +147,6 @@ def _prefilled(form_field: FormField, outcome: Any) -> PrefilledField:
     return PrefilledField(**common, quality=Quality.MISSING, notes=[outcome.reason])
 
 
-def _usable_form(context: RequestContext, form_id: str) -> FormSpec:
-    form = catalog().get(form_id)
-    if form is None:
-        raise GraphQLError(f"no form {form_id!r}", extensions={"code": "NOT_FOUND"})
-    if context.principal.role not in form.roles:
-        context.audit.denied(
-            context.person_id, "form", (form.id,), f"form:{form.id}", f"{context.principal.role}: form not for role"
-        )
-        raise Forbidden(f"form {form_id!r} is not available to role {context.principal.role}")
-    return form
-
-
 class _CoverageCache:
     """Coverage over the population moves only when a sync lands: cache it per data version."""
 
@@ -217,6 +222,11 @@ class Me(graphene.ObjectType):
     data = graphene.List(
         graphene.NonNull(PrefilledField), required=True, description="everything the hub holds about me, with sources"
     )
+    work_orders = graphene.List(
+        graphene.NonNull(WorkOrderType), required=True, description="my work orders, newest first"
+    )
+    notifications = graphene.List(graphene.NonNull(NotificationType), required=True)
+    corrections = graphene.List(graphene.NonNull(Correction), required=True, description="my correction requests")
     access_log = graphene.Field(
         AccessLog,
         required=True,
@@ -224,6 +234,18 @@ class Me(graphene.ObjectType):
         after=graphene.String(),
         description="who read my data, when, in which role and for what purpose",
     )
+
+    @staticmethod
+    def resolve_work_orders(_: Any, info: GraphQLResolveInfo) -> list[WorkOrderType]:
+        return my_work_orders(info.context)
+
+    @staticmethod
+    def resolve_notifications(_: Any, info: GraphQLResolveInfo) -> list[NotificationType]:
+        return my_notifications(info.context)
+
+    @staticmethod
+    def resolve_corrections(_: Any, info: GraphQLResolveInfo) -> list[Correction]:
+        return my_corrections(info.context)
 
     @staticmethod
     def resolve_student(_: Any, info: GraphQLResolveInfo) -> View | None:
@@ -393,6 +415,39 @@ class Query(graphene.ObjectType):
     )
     staff_member = graphene.Field(StaffType, staff_no=graphene.String(required=True))
     steward = graphene.Field(Steward, required=True)
+    work_order = graphene.Field(WorkOrderType, required=True, id=graphene.ID(required=True))
+    work_orders = graphene.Field(
+        WorkOrderConnection,
+        required=True,
+        status=graphene.String(),
+        first=graphene.Int(default_value=20),
+        after=graphene.String(),
+        description="the work orders my role processes",
+    )
+    corrections = graphene.Field(
+        CorrectionConnection,
+        required=True,
+        status=graphene.String(default_value="open"),
+        first=graphene.Int(default_value=20),
+        after=graphene.String(),
+        description="correction requests for stewards and the departments that own the data",
+    )
+
+    @staticmethod
+    def resolve_work_order(_: Any, info: GraphQLResolveInfo, id: str) -> WorkOrderType:
+        return WorkOrderType.of(work_order_for(info.context, id, "work_order"))
+
+    @staticmethod
+    def resolve_work_orders(
+        _: Any, info: GraphQLResolveInfo, first: int, status: str | None = None, after: str | None = None
+    ) -> WorkOrderConnection:
+        return work_orders_to_process(info.context, status, first, after)
+
+    @staticmethod
+    def resolve_corrections(
+        _: Any, info: GraphQLResolveInfo, status: str, first: int, after: str | None = None
+    ) -> CorrectionConnection:
+        return corrections_to_decide(info.context, status, first, after)
 
     @staticmethod
     def resolve_me(_: Any, info: GraphQLResolveInfo) -> Me:
@@ -412,7 +467,7 @@ class Query(graphene.ObjectType):
     @staticmethod
     def resolve_prefill(_: Any, info: GraphQLResolveInfo, form_id: str) -> Prefill:
         context: RequestContext = info.context
-        form = _usable_form(context, form_id)
+        form = context.usable_form(form_id)
         if context.person_id is None:
             raise GraphQLError("no record of you in the unified layer yet", extensions={"code": "NOT_FOUND"})
         records = load_subjects(context.connection, [context.person_id], entities_of(form.paths))[context.person_id]
@@ -519,6 +574,10 @@ class Query(graphene.ObjectType):
 
 
 class Mutation(graphene.ObjectType):
+    submit_work_order = SubmitWorkOrder.Field()
+    set_work_order_status = SetWorkOrderStatus.Field()
+    decide_correction = DecideCorrection.Field()
+    mark_notifications_read = MarkNotificationsRead.Field()
     resolve_quarantine = ResolveQuarantine.Field()
     resolve_conflict = ResolveConflict.Field()
 
