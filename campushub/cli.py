@@ -3,7 +3,8 @@
 campushub simulate [--students N] [--changes N]   start the four stand-in source systems
 campushub change N [--kinds ...]                  apply N random changes to running stand-ins
 campushub fetch SOURCE STREAM [--cursor C]        pull one stream through its connector
-campushub run                                     the main job (see `run` below)
+campushub up                                      everything: stand-ins, first sync, API + hall, Dagster
+campushub run                                     the main job once (see `run` below)
 campushub serve [--port 8000] [--workers N]       the GraphQL API at /graphql
 campushub token ROLE [--subject S] [--org CODE]   a development token for a demo user
 campushub schema                                  print the GraphQL schema (SDL)
@@ -206,6 +207,27 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole hub on embedded defaults (see campushub/stack.py); Ctrl-C stops it all."""
+    from campushub.simulators.server import SimulatorCluster
+    from campushub.simulators.settings import DEFAULT_PORTS
+    from campushub.stack import run_stack
+
+    settings = _simulator_settings(args)
+    clusters: list[SimulatorCluster] = []
+
+    def start_stand_ins() -> dict[str, str]:
+        clusters.append(SimulatorCluster(settings, host="127.0.0.1", ports=DEFAULT_PORTS).start())
+        _point_connectors_at(clusters[0].urls, settings)
+        return clusters[0].urls
+
+    try:
+        return run_stack(start_stand_ins, lambda line: print(line, flush=True))
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from campushub.models.engine import make_engine
     from campushub.models.migrate import upgrade
@@ -280,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     world_options(run)
     run.add_argument("--free-ports", action="store_true", help="serve the stand-ins on free ports")
     run.set_defaults(handler=cmd_run)
+
+    up = commands.add_parser("up", help="everything on embedded defaults: stand-ins, sync, API, hall, Dagster")
+    world_options(up)
+    up.set_defaults(handler=cmd_up)
 
     serve = commands.add_parser("serve", help="the GraphQL API (GraphiQL too, in development)")
     serve.add_argument("--host", default="127.0.0.1")

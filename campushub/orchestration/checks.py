@@ -177,7 +177,7 @@ def checks_for(entity: str) -> AssetChecksDefinition:
             probe = Probe(database.engine, table, lambda key=key: previous_row_count(context, key))
             outcome = RULES[name].run(probe)
             with database.engine.begin() as connection:
-                record_check_result(connection, entity, name, outcome, context.run_id)
+                record_check_result(connection, entity, name, outcome, context.run.run_id)
             if not outcome.passed:
                 context.log.warning(f"{asset_key.to_user_string()} failed {name}: {outcome.counts}")
             yield AssetCheckResult(
