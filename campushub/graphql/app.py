@@ -49,7 +49,7 @@ from starlette.routing import BaseRoute, Route
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
-from campushub.graphql.limits import Limits, check_limits
+from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 
 log = logging.getLogger("campushub.api")
@@ -93,7 +93,7 @@ class DocumentCache:
     def __init__(self, schema: GraphQLSchema, settings: ApiSettings) -> None:
         self._schema = schema
         self._limits = settings.limits
-        self._rules = list(specified_rules)
+        self._rules = [*specified_rules, NoNulCharactersRule]
         if not settings.development:
             self._rules.append(NoSchemaIntrospectionCustomRule)
         self._suggestions = settings.development
@@ -178,6 +178,8 @@ def _checked(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | 
         raise RequestError(400, "query: a non-empty string, please")
     if variables is not None and not isinstance(variables, dict):
         raise RequestError(400, "variables: a JSON object, please")
+    if contains_nul(variables):  # as NoNulCharactersRule refuses them in the document
+        raise RequestError(400, "variables: strings may not contain NUL characters")
     if operation_name is not None and not isinstance(operation_name, str):
         raise RequestError(400, "operationName: a string, please")
     return query, variables, operation_name
@@ -208,7 +210,14 @@ class GraphQLApp:
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
     ) -> dict[str, Any]:
         audit = AuditTrail(request_id, principal.subject, principal.role)
+        operation = _operation(document, name)
         with self.engine.connect() as connection:
+            if operation is not None and operation.operation == OperationType.QUERY:
+                # A query writes nothing but its audit rows, in one atomic statement: it needs no
+                # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
+                # None spares PostgreSQL the BEGIN and COMMIT round trips, and SQLite a write lock
+                # held from the INSERT until a later COMMIT call.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
             context = RequestContext(principal, connection, audit, request_id, self.settings.development)
             result = execute(
                 self.schema, document, variable_values=variables, operation_name=name, context_value=context
@@ -241,6 +250,9 @@ class GraphQLApp:
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
         headers = {"X-Request-ID": request_id}
+        if request.method not in ("GET", "POST"):
+            # Answered here, not by the router, so that this answer carries a request id too.
+            return _plain_error(405, "GraphQL over GET (queries) or POST", request_id, headers={"Allow": "GET, POST"})
         if request.method == "GET" and self.settings.development and "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(GRAPHIQL, headers=headers)
         media_type = _accepted_media_type(request)
@@ -280,6 +292,10 @@ class GraphQLApp:
             log.exception("request %s failed", request_id)
             return _plain_error(500, "internal error", request_id, media_type)
         return JSONResponse(body, 200, headers, media_type=media_type)
+
+
+# Every method reaches the handler, which refuses all but GET and POST itself (with a request id).
+GRAPHQL_ROUTE_METHODS = ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _plain_error(
@@ -345,7 +361,7 @@ def create_app(engine: Engine | None = None, settings: ApiSettings | None = None
     graphql = GraphQLApp(engine, settings, SCHEMA.graphql_schema)
     documents = DocumentRoutes(engine, settings.development)
     routes: list[BaseRoute] = [
-        Route("/graphql", graphql.handle, methods=["GET", "POST"]),
+        Route("/graphql", graphql.handle, methods=[*GRAPHQL_ROUTE_METHODS]),
         Route("/api/work-orders/{public_id}/pdf", documents.pdf),
         Route("/api/verify", documents.verify),
         *web_routes(),

@@ -17,6 +17,9 @@ from sqlalchemy import Connection, insert
 from campushub.models.service import AuditEntry
 
 ALLOWED, DENIED = "allowed", "denied"
+# 10 bound values a row: well under SQLite's and PostgreSQL's limits on one statement's parameters.
+ROWS_PER_STATEMENT = 1_000
+_INSERT = insert(AuditEntry)
 
 
 @dataclass
@@ -58,6 +61,13 @@ class AuditTrail:
         ]
 
     def write(self, connection: Connection) -> None:
+        """The rows as one multi-row INSERT (per chunk): a single statement is atomic even on an
+        autocommit connection, and on SQLite it holds the write lock only while SQLite itself
+        runs — not across Python code waiting for the GIL, as BEGIN … COMMIT in separate calls
+        would, stalling the other API workers' audit writes."""
         rows = self.rows(dt.datetime.now(dt.UTC))
-        if rows:
-            connection.execute(insert(AuditEntry), rows)
+        if len(rows) == 1:  # the common case (a form, one person): a statement built once
+            connection.execute(_INSERT, rows[0])
+            return
+        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+            connection.execute(insert(AuditEntry).values(rows[start : start + ROWS_PER_STATEMENT]))

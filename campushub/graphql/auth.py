@@ -16,6 +16,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
 
@@ -52,8 +55,47 @@ def _jwks_client(url: str) -> jwt.PyJWKClient:
     return jwt.PyJWKClient(url, cache_keys=True, lifespan=3600)
 
 
+class _VerifiedTokens:
+    """Tokens whose signature and claims were verified, until they expire: a signed-in person
+    sends the same token with every request, and PyJWT's checks cost more than answering a
+    small query. Keyed by the exact token and the key that verified it, so another key (or
+    none) never finds an entry; an entry lapses at the token's `exp`, as a fresh decode would
+    (the key set of the SSO is itself cached for an hour, so no key change is missed that a
+    fresh decode would see)."""
+
+    size = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> Principal | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if time.time() > entry[1] + LEEWAY_S:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[str, str], principal: Principal, expires: float) -> None:
+        with self._lock:
+            self._entries[key] = (principal, expires)
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+_VERIFIED = _VerifiedTokens()
+
+
 def verify_token(token: str) -> Principal:
     jwks_url = os.environ.get("CAMPUSHUB_JWKS_URL")
+    cache_key = (jwks_url or development_secret(), token)
+    principal = _VERIFIED.get(cache_key)
+    if principal is not None:
+        return principal
     try:
         if jwks_url:
             key = _jwks_client(jwks_url).get_signing_key_from_jwt(token).key
@@ -78,7 +120,9 @@ def verify_token(token: str) -> Principal:
         raise AuthError(f"invalid token: unknown role {role!r}")
     if ROLES[role].scoped and not claims.get("org"):
         raise AuthError(f"invalid token: role {role!r} needs an org unit")
-    return Principal(subject=str(claims["sub"]), role=role, org_unit=claims.get("org"), name=claims.get("name"))
+    principal = Principal(subject=str(claims["sub"]), role=role, org_unit=claims.get("org"), name=claims.get("name"))
+    _VERIFIED.put(cache_key, principal, float(claims["exp"]))
+    return principal
 
 
 def mint_token(principal: Principal, *, lifetime: dt.timedelta = dt.timedelta(hours=8)) -> str:

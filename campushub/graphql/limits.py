@@ -12,6 +12,7 @@ graphql-core's own validation has ruled out unknown fields and fragment cycles.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -29,6 +30,8 @@ from graphql import (
     IntValueNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    StringValueNode,
+    ValidationRule,
     get_named_type,
     get_nullable_type,
 )
@@ -138,7 +141,49 @@ def _limit_error(message: str) -> GraphQLError:
     return GraphQLError(message, extensions={"code": "LIMIT_EXCEEDED"})
 
 
-def check_page_size(first: int) -> int:
+# The largest key a BIGINT column holds: a larger id or cursor would fail in the database, not
+# as the client's error.
+MAX_KEY = 2**63 - 1
+
+
+def parse_key(value: str) -> int:
+    """A numeric id or cursor key a client sent: ASCII digits within a BIGINT, else ValueError.
+    (`str.isdigit` alone also accepts "²" and other digits `int` refuses.)"""
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_KEY:
+        raise ValueError(f"not a key: {value!r}")
+    return int(value)
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a string anywhere in a JSON value holds a NUL character (PostgreSQL text cannot)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(item) for item in value.values())
+    if isinstance(value, list):
+        return any(contains_nul(item) for item in value)
+    return False
+
+
+class NoNulCharactersRule(ValidationRule):
+    """No string literal may hold a NUL character: no value the hub holds has one, and
+    PostgreSQL refuses it in text, which would surface as an internal error."""
+
+    def enter_string_value(self, node: StringValueNode, *_: Any) -> None:
+        if "\x00" in node.value:
+            self.report_error(
+                GraphQLError(
+                    "string values may not contain NUL characters", node, extensions={"code": "BAD_USER_INPUT"}
+                )
+            )
+
+
+def check_page_size(first: int | None) -> int:
+    # `first: Int = 20` is nullable, so `first: null` is a valid argument: refuse it like 0.
+    if first is None:
+        raise GraphQLError(
+            f"first must be between 1 and {MAX_PAGE_SIZE}, got null", extensions={"code": "BAD_USER_INPUT"}
+        )
     if not 1 <= first <= MAX_PAGE_SIZE:
         raise GraphQLError(
             f"first must be between 1 and {MAX_PAGE_SIZE}, got {first}", extensions={"code": "LIMIT_EXCEEDED"}

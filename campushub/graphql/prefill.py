@@ -21,12 +21,30 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from cryptography.fernet import InvalidToken
-from sqlalchemy import Connection, RowMapping, func, select, tuple_
+from sqlalchemy import (
+    BindParameter,
+    CompoundSelect,
+    Connection,
+    RowMapping,
+    Select,
+    String,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
 
-from campushub.graphql.forms import Form, Subject
+from campushub.graphql.forms import Form
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.record_checks import id_number_verdict, record_problems
@@ -343,9 +361,15 @@ def _by_person(rows: Iterable[RowMapping], prefer: Callable[[RowMapping], Any]) 
     return chosen
 
 
-def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+# The statements of a prefill are built once, with the people as an expanding parameter:
+# building a SQLAlchemy statement (and its cache key) per request costs more than running it.
+PERSON_IDS = bindparam("person_ids", expanding=True)
+
+
+@cache
+def _students_statement() -> Select[Any]:
     college, major, klass = OrgUnit.__table__.alias("college"), Major.__table__, ClassGroup.__table__
-    query = (
+    return (
         select(
             Student.__table__,
             college.c.name.label("college_name"),
@@ -355,9 +379,12 @@ def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, Ro
         .outerjoin(college, college.c.id == Student.college_id)
         .outerjoin(major, major.c.id == Student.major_id)
         .outerjoin(klass, klass.c.id == Student.class_id)
-        .where(Student.person_id.in_(person_ids), Student.deleted_at.is_(None))
+        .where(Student.person_id.in_(PERSON_IDS), Student.deleted_at.is_(None))
     )
-    rows = connection.execute(query).mappings()
+
+
+def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+    rows = connection.execute(_students_statement(), {"person_ids": list(person_ids)}).mappings()
     return _by_person(rows, lambda row: (row["entry_date"] or dt.date.min, row["student_no"]))
 
 
@@ -400,13 +427,11 @@ def _grade_summaries(connection: Connection, student_nos: Sequence[str]) -> dict
 def _quality_notes(
     connection: Connection, records: dict[int, Records], now: dt.datetime, entities: frozenset[str]
 ) -> None:
-    """Flag what should not be served as plain fact."""
-    person_ids = list(records)
-    for conflict in connection.execute(
-        select(Conflict.person_id, Conflict.kind).where(Conflict.person_id.in_(person_ids), Conflict.status == "open")
-    ):
-        records[conflict.person_id].notes["person"].append(f"open identity conflict ({conflict.kind}) awaits a steward")
+    """Flag what should not be served as plain fact.
 
+    The facts that live outside the person's own rows — open identity conflicts, newer versions
+    refused into quarantine, each source's last complete sync — are read in one statement: a
+    prefill is a handful of round trips, and each one costs as much as the work it carries."""
     # A newer version of the record was refused: what is served may be out of date.
     keys: dict[tuple[str, str, str], tuple[int, str]] = {}
     for person_id, found in records.items():
@@ -416,16 +441,21 @@ def _quality_notes(
             keys["hr", "staff", found.staff["staff_no"]] = (person_id, "staff")
         if found.card is not None:
             keys["card", "card_accounts", found.card["card_no"]] = (person_id, "card")
+
+    parameters: dict[str, Any] = {"person_ids": list(records)}
     if keys:
-        quarantined = select(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key).where(
-            tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key).in_(list(keys)),
-            QuarantinedRecord.resolved_at.is_(None),
-        )
-        for row in connection.execute(quarantined):
-            person_id, entity = keys[tuple(row)]
+        parameters["keys"] = list(keys)
+    last_sync: dict[str, dt.datetime | None] = {}
+    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys)), parameters):
+        if what == "sync":
+            last_sync[a] = at
+        elif what == "conflict":
+            records[int(a)].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
+        elif (a, b, c) in keys:
+            person_id, entity = keys[a, b, c]
             records[person_id].notes[entity].append("a newer version from the source is in quarantine")
 
-    overdue = _overdue_sources(connection, now)
+    overdue = _overdue_sources(last_sync, now)
     for found in records.values():
         for entity, row, table in (
             ("person", found.person, "person"),
@@ -440,15 +470,72 @@ def _quality_notes(
                 found.notes[entity].append(overdue[source])
 
 
+@cache
+def _quality_statement(with_keys: bool) -> CompoundSelect:
+    """One row shape for all three: (what, a, b, c, at). The sync branch comes first, so that its
+    `at` column decides how the union's instants are read."""
+    parts: list[Select[Any]] = [
+        select(
+            literal_column("'sync'").label("what"),
+            SyncState.source.label("a"),
+            null().label("b"),
+            null().label("c"),
+            func.min(SyncState.last_success_at).label("at"),
+        ).group_by(SyncState.source),
+        select(literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null()).where(
+            Conflict.person_id.in_(PERSON_IDS), Conflict.status == "open"
+        ),
+        *_unlinked_conflicts(PERSON_IDS),
+    ]
+    if with_keys:
+        parts.append(
+            select(
+                literal_column("'quarantine'"),
+                QuarantinedRecord.source,
+                QuarantinedRecord.stream,
+                QuarantinedRecord.source_key,
+                null(),
+            ).where(
+                tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key).in_(
+                    bindparam("keys", expanding=True)
+                ),
+                QuarantinedRecord.resolved_at.is_(None),
+            )
+        )
+    return union_all(*parts)
+
+
+def _unlinked_conflicts(person_ids: BindParameter[Any]) -> list[Select[Any]]:
+    """Open identity conflicts about these people that name no person: the records they dispute
+    stay unlinked until a steward decides, so they are found by the keys they name — the ID
+    number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
+    claims (`card:<card no>`, a card whose name is not its holder's)."""
+    unlinked = (Conflict.status == "open", Conflict.person_id.is_(None))
+    same_id = (
+        select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null())
+        .join(Person, Conflict.subject == literal("id:", String) + func.substr(Person.id_number_hash, 1, 16))
+        .where(Person.id.in_(person_ids), *unlinked)
+    )
+    holders = union_all(
+        select(Student.person_id, literal("student", String).label("kind"), Student.student_no.label("no")).where(
+            Student.person_id.in_(person_ids)
+        ),
+        select(Staff.person_id, literal("staff", String), Staff.staff_no).where(Staff.person_id.in_(person_ids)),
+    ).subquery()
+    card_claimed = (
+        select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null())
+        .select_from(Conflict)
+        .join(CardAccount, Conflict.subject == literal("card:", String) + CardAccount.card_no)
+        .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
+        .where(*unlinked)
+    )
+    return [same_id, card_claimed]
+
+
 ENTITY_SOURCE = {"student": "academic", "grades": "academic", "staff": "hr", "fees": "finance", "card": "card"}
 
 
-def _overdue_sources(connection: Connection, now: dt.datetime) -> dict[str, str]:
-    last: dict[str, dt.datetime | None] = {}
-    for row in connection.execute(
-        select(SyncState.source, func.min(SyncState.last_success_at)).group_by(SyncState.source)
-    ):
-        last[row[0]] = row[1]
+def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime) -> dict[str, str]:
     overdue = {}
     for source, window in FRESHNESS.items():
         synced = last.get(source)
@@ -456,6 +543,19 @@ def _overdue_sources(connection: Connection, now: dt.datetime) -> dict[str, str]
             when = synced.isoformat(timespec="minutes") if synced else "never"
             overdue[source] = f"{source} not synced within {window} (last complete sync: {when})"
     return overdue
+
+
+@cache
+def _persons_statement(with_provenance: bool) -> Select[Any]:
+    persons = select(Person.__table__).where(Person.id.in_(PERSON_IDS))
+    if not with_provenance:
+        return persons
+    # With each golden field's provenance, in the same statement: a row per field, each
+    # carrying the person's columns and `field`, `source`, `source_key` and `as_of`.
+    provenance = FieldProvenance.__table__
+    return persons.add_columns(
+        provenance.c.field, provenance.c.source, provenance.c.source_key, provenance.c.as_of
+    ).outerjoin(provenance, (provenance.c.entity == "person") & (provenance.c.entity_id == Person.id))
 
 
 def load_subjects(
@@ -472,15 +572,13 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    persons = connection.execute(select(Person.__table__).where(Person.id.in_(ids))).mappings()
-    for person in persons:
-        records[person["id"]].person = person
-    if "person" in entities and with_quality:
-        provenance = select(FieldProvenance.__table__).where(
-            FieldProvenance.entity == "person", FieldProvenance.entity_id.in_(ids)
-        )
-        for row in connection.execute(provenance).mappings():
-            records[row["entity_id"]].provenance[row["field"]] = row
+    persons = _persons_statement(with_provenance="person" in entities and with_quality)
+    for row in connection.execute(persons, {"person_ids": ids}).mappings():
+        found = records[row["id"]]
+        if found.person is None:
+            found.person = row
+        if row.get("field") is not None:
+            found.provenance[row["field"]] = row
     if "student" in entities:
         for person_id, row in _students(connection, ids).items():
             records[person_id].student = row
@@ -525,40 +623,4 @@ def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
     return outcomes
 
 
-# ------------------------------------------------------------------------------- coverage
-POPULATION: dict[Subject, Any] = {
-    "student": select(Student.person_id).where(Student.deleted_at.is_(None), Student.person_id.is_not(None)),
-    "staff": select(Staff.person_id).where(Staff.deleted_at.is_(None), Staff.person_id.is_not(None)),
-    "cardholder": select(CardAccount.person_id).where(
-        CardAccount.deleted_at.is_(None), CardAccount.person_id.is_not(None)
-    ),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Coverage:
-    form_id: str
-    population: int
-    filled: Mapping[str, int]  # field -> people for whom the hub fills it
-
-    @property
-    def share(self) -> float:
-        """The share of the form's fields the hub fills, over everyone who may use it."""
-        cells = self.population * len(self.filled)
-        return sum(self.filled.values()) / cells if cells else 0.0
-
-
-def coverage(connection: Connection, form: Form, chunk: int = 2000) -> Coverage:
-    person_ids = sorted(set(connection.execute(POPULATION[form.subject].distinct()).scalars()))
-    filled = dict.fromkeys((form_field.name for form_field in form.fields), 0)
-    entities = entities_of(form.paths)
-    for start in range(0, len(person_ids), chunk):
-        for records in load_subjects(
-            connection, person_ids[start : start + chunk], entities, with_quality=False
-        ).values():
-            for name, outcome in fill(form, records):
-                filled[name] += isinstance(outcome, Filled)
-    return Coverage(form.id, len(person_ids), filled)
-
-
-__all__ = ["PATHS", "Coverage", "Filled", "Missing", "Records", "coverage", "entities_of", "fill", "load_subjects"]
+__all__ = ["PATHS", "Filled", "Missing", "Records", "entities_of", "fill", "load_subjects"]

@@ -18,7 +18,7 @@ from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import Connection, RowMapping, Select, case, func, select
 
 from campushub.graphql.context import ID_NUMBER, Access, RequestContext
-from campushub.graphql.limits import check_page_size
+from campushub.graphql.limits import MAX_KEY, check_page_size
 from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.quality import mask_phone
 from campushub.models.unified import ClassGroup, FeeBill, Major, OrgUnit, Payment, Person, Staff, Student
@@ -134,8 +134,6 @@ def fee_statuses(connection: Connection, student_nos: list[str]) -> dict[str, Fe
 
 def _load(context: RequestContext, name: str, key: Any) -> Any:
     fetchers: dict[str, Callable[[list[Any]], dict[Any, Any]]] = {
-        "major": lambda ids: _units(context.connection, Major.__table__, ids),
-        "class": lambda ids: _units(context.connection, ClassGroup.__table__, ids),
         "org_unit": lambda ids: _units(context.connection, OrgUnit.__table__, ids),
         "fees": lambda nos: fee_statuses(context.connection, nos),
     }
@@ -144,10 +142,8 @@ def _load(context: RequestContext, name: str, key: Any) -> Any:
 
 def expect_for_students(context: RequestContext, rows: Sequence[RowMapping]) -> None:
     """Tell the loaders which keys a page of students will ask for: one query each, whatever
-    the page size."""
+    the page size. (Majors and classes need none: `student_query` joins them.)"""
     fetchers = {
-        "major": (lambda ids: _units(context.connection, Major.__table__, ids), "major_id"),
-        "class": (lambda ids: _units(context.connection, ClassGroup.__table__, ids), "class_id"),
         "fees": (lambda nos: fee_statuses(context.connection, nos), "student_no"),
     }
     for name, (fetch, key) in fetchers.items():
@@ -165,6 +161,8 @@ PERSON_COLUMNS = (
 
 
 def student_query() -> Select[Any]:
+    # Major and class are joined here, not loaded after: a department page stays one query
+    # for its rows, however many majors and classes they span.
     college = OrgUnit.__table__.alias("college")
     return (
         select(
@@ -172,11 +170,22 @@ def student_query() -> Select[Any]:
             *PERSON_COLUMNS,
             college.c.code.label("college_unit_code"),
             college.c.name.label("college_name"),
+            Major.code.label("major_unit_code"),
+            Major.name.label("major_name"),
+            ClassGroup.code.label("class_unit_code"),
+            ClassGroup.name.label("class_name"),
         )
         .outerjoin(Person, Person.id == Student.person_id)
         .outerjoin(college, college.c.id == Student.college_id)
+        .outerjoin(Major, Major.id == Student.major_id)
+        .outerjoin(ClassGroup, ClassGroup.id == Student.class_id)
         .where(Student.deleted_at.is_(None))
     )
+
+
+def _unit(view: View, kind: str) -> Unit | None:
+    code = view.row[f"{kind}_unit_code"]
+    return Unit(code=code, name=view.row[f"{kind}_name"]) if code is not None else None
 
 
 def _id_number(view: View, _: RequestContext) -> str | None:
@@ -249,10 +258,8 @@ class StudentType(graphene.ObjectType):
             ),
         ),
     )
-    major = graphene.Field(Unit, resolver=guarded("major", lambda v, c: _load(c, "major", v.row["major_id"])))
-    class_group = graphene.Field(
-        Unit, resolver=guarded("classGroup", lambda v, c: _load(c, "class", v.row["class_id"]))
-    )
+    major = graphene.Field(Unit, resolver=guarded("major", lambda v, _: _unit(v, "major")))
+    class_group = graphene.Field(Unit, resolver=guarded("classGroup", lambda v, _: _unit(v, "class")))
     expected_graduation = graphene.Date(resolver=column("expectedGraduation", "expected_graduation"))
     phone = graphene.String(resolver=column("phone", "person_phone"))
     email = graphene.String(resolver=guarded("email", lambda v, _: v.row["email"] or v.row["person_email"]))
@@ -309,7 +316,7 @@ class StaffType(graphene.ObjectType):
     hire_date = graphene.Date(resolver=column("hireDate", "hire_date"))
     employment_status = graphene.String(resolver=column("employmentStatus", "employment_status"))
     salary_grade = graphene.Int(resolver=column("salaryGrade", "salary_grade"))
-    monthly_gross_fen = graphene.Int(resolver=column("monthlyGross", "monthly_gross_fen"))
+    monthly_gross_fen = graphene.Int(resolver=column("monthlyGrossFen", "monthly_gross_fen"))
     phone = graphene.String(resolver=column("phone", "person_phone"))
     email = graphene.String(resolver=guarded("email", lambda v, _: v.row["email"] or v.row["person_email"]))
     id_number = graphene.String(resolver=guarded(ID_NUMBER, _id_number))
@@ -327,7 +334,7 @@ def decode_cursor(kind: str, cursor: str | None) -> str | None:
         found_kind, _, key = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
         found_kind, key = "", ""
-    if found_kind != kind or not key:
+    if found_kind != kind or not key or "\x00" in key:  # NUL: no key has one, and PostgreSQL refuses it
         raise GraphQLError("after: not a cursor of this list", extensions={"code": "BAD_USER_INPUT"})
     return key
 
@@ -346,7 +353,10 @@ def page(
     start = decode_cursor(kind, after)
     if start is not None:
         try:
-            query = query.where(key > parse(start))
+            start_key = parse(start)
+            if isinstance(start_key, int) and start_key > MAX_KEY:  # past any key: the database would fail
+                raise ValueError(start)
+            query = query.where(key > start_key)
         except ValueError:
             raise GraphQLError("after: not a cursor of this list", extensions={"code": "BAD_USER_INPUT"}) from None
     rows = list(connection.execute(query.order_by(key).limit(first + 1)).mappings())

@@ -20,10 +20,11 @@ from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import Select, func, select
 
 from campushub.graphql.context import RequestContext
+from campushub.graphql.coverage import Coverage, coverage
 from campushub.graphql.forms import Form as FormSpec
 from campushub.graphql.forms import FormField, catalog
-from campushub.graphql.limits import check_page_size
-from campushub.graphql.prefill import Coverage, Filled, coverage, entities_of, fill, load_subjects
+from campushub.graphql.limits import check_page_size, parse_key
+from campushub.graphql.prefill import Filled, entities_of, fill, load_subjects
 from campushub.graphql.records import (
     PageInfo,
     StaffType,
@@ -300,8 +301,8 @@ class Me(graphene.ObjectType):
 def _log_cursor(after: str) -> int:
     try:
         kind, _, key = base64.urlsafe_b64decode(after.encode()).decode().partition(":")
-        if kind == "log" and key.isdigit():
-            return int(key)
+        if kind == "log":
+            return parse_key(key)
     except (ValueError, UnicodeDecodeError):
         pass
     raise GraphQLError("after: not a cursor of this list", extensions={"code": "BAD_USER_INPUT"})
@@ -381,6 +382,8 @@ def _students_filtered(query: Select[Any], criteria: dict[str, Any]) -> Select[A
         query = query.where(StudentRow.status == criteria["status"])
     if criteria.get("entry_year"):
         year = criteria["entry_year"]
+        if not dt.MINYEAR <= year < dt.MAXYEAR:  # a date of it (and of the next year) must exist
+            raise GraphQLError(f"filter.entryYear: no such year {year}", extensions={"code": "BAD_USER_INPUT"})
         query = query.where(
             StudentRow.entry_date >= dt.date(year, 1, 1), StudentRow.entry_date < dt.date(year + 1, 1, 1)
         )

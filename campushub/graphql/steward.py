@@ -17,6 +17,7 @@ from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import func, select, update
 
 from campushub.graphql.context import Forbidden, RequestContext
+from campushub.graphql.limits import parse_key
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.landing import QuarantinedRecord, SyncRun, SyncState
 from campushub.models.protect import mask_id
@@ -338,9 +339,10 @@ class ResolveConflict(graphene.Mutation):
 
 
 def _record_id(value: str) -> int:
-    if not value.isdigit():
-        raise GraphQLError("id must be a number", extensions={"code": "BAD_USER_INPUT"})
-    return int(value)
+    try:
+        return parse_key(value)
+    except ValueError:
+        raise GraphQLError("id must be a number", extensions={"code": "BAD_USER_INPUT"}) from None
 
 
 def _resolution_note(resolution: str) -> str:

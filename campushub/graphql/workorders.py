@@ -33,6 +33,7 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from campushub.graphql.context import Forbidden, RequestContext
 from campushub.graphql.forms import Form, catalog
+from campushub.graphql.limits import parse_key
 from campushub.graphql.prefill import Filled, entities_of, fill, load_subjects
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.protect import decrypt_id, encrypt_id
@@ -503,12 +504,12 @@ def decide_correction(context: RequestContext, correction_id: str, accept: bool,
     if department is None:
         context.audit.denied(None, "correction", ("*",), "corrections", f"{context.principal.role}: not an owner")
         raise Forbidden("correction requests are for stewards and the departments that own the data")
-    if not correction_id.isdigit():
-        raise bad_input("id must be a number")
+    try:
+        key = parse_key(correction_id)
+    except ValueError:
+        raise bad_input("id must be a number") from None
     response = _text(note, "note", NOTE_MAX, required=True)
-    query = select(CorrectionRequest.__table__).where(
-        CorrectionRequest.id == int(correction_id), CorrectionRequest.status == "open"
-    )
+    query = select(CorrectionRequest.__table__).where(CorrectionRequest.id == key, CorrectionRequest.status == "open")
     if department != "*":
         query = query.where(CorrectionRequest.owner == department)
     row = context.connection.execute(query).mappings().first()
