@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make run    set up, then run the hub's main job on embedded defaults
+#   make run    set up, then start the whole hub on embedded defaults (Ctrl-C stops it)
 #   make test   set up, then run the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	cp .env.example .env
 
 run: $(STAMP) .env
-	$(BIN)/campushub run
+	$(BIN)/campushub up
 
 lint: $(STAMP)
 	$(BIN)/ruff check campushub tests benchmarks

@@ -3,7 +3,11 @@
 campushub simulate [--students N] [--changes N]   start the four stand-in source systems
 campushub change N [--kinds ...]                  apply N random changes to running stand-ins
 campushub fetch SOURCE STREAM [--cursor C]        pull one stream through its connector
-campushub run                                     the main job (see `run` below)
+campushub up                                      everything: stand-ins, first sync, API + hall, Dagster
+campushub run                                     the main job once (see `run` below)
+campushub serve [--port 8000] [--workers N]       the GraphQL API at /graphql
+campushub token ROLE [--subject S] [--org CODE]   a development token for a demo user
+campushub schema                                  print the GraphQL schema (SDL)
 """
 
 from __future__ import annotations
@@ -149,6 +153,81 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster.stop()
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The GraphQL API on uvicorn; the schema is migrated to head first."""
+    import uvicorn
+
+    from campushub.models.engine import make_engine
+    from campushub.models.migrate import upgrade
+
+    upgrade(make_engine())
+    uvicorn.run(
+        "campushub.graphql.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a development token: for the demo user of ROLE, or for --subject/--org given."""
+    from campushub.graphql.auth import Principal, mint_token
+    from campushub.graphql.demo import demo_users
+    from campushub.graphql.permissions import ROLES
+    from campushub.models.engine import make_engine
+
+    if args.role not in ROLES:
+        print(f"error: unknown role {args.role!r}; roles: {', '.join(ROLES)}", file=sys.stderr)
+        return 2
+    if args.subject:
+        principal = Principal(subject=args.subject, role=args.role, org_unit=args.org)
+    else:
+        with make_engine().connect() as connection:
+            principal = demo_users(connection).get(args.role)  # type: ignore[assignment]
+        if principal is None:
+            print(f"error: no demo {args.role} in the unified layer yet: run `campushub run` first", file=sys.stderr)
+            return 2
+    print(mint_token(principal))
+    if args.verbose:
+        print(
+            f"# {principal.role} {principal.subject} {principal.name or ''} {principal.org_unit or ''}", file=sys.stderr
+        )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the API's schema as SDL: what `campushub/graphql/schema.graphql` must hold."""
+    from campushub.graphql.sdl import schema_sdl
+
+    sys.stdout.write(schema_sdl())
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """The whole hub on embedded defaults (see campushub/stack.py); Ctrl-C stops it all."""
+    from campushub.simulators.server import SimulatorCluster
+    from campushub.simulators.settings import DEFAULT_PORTS
+    from campushub.stack import run_stack
+
+    settings = _simulator_settings(args)
+    clusters: list[SimulatorCluster] = []
+
+    def start_stand_ins() -> dict[str, str]:
+        clusters.append(SimulatorCluster(settings, host="127.0.0.1", ports=DEFAULT_PORTS).start())
+        _point_connectors_at(clusters[0].urls, settings)
+        return clusters[0].urls
+
+    try:
+        return run_stack(start_stand_ins, lambda line: print(line, flush=True))
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from campushub.models.engine import make_engine
     from campushub.models.migrate import upgrade
@@ -223,6 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
     world_options(run)
     run.add_argument("--free-ports", action="store_true", help="serve the stand-ins on free ports")
     run.set_defaults(handler=cmd_run)
+
+    up = commands.add_parser("up", help="everything on embedded defaults: stand-ins, sync, API, hall, Dagster")
+    world_options(up)
+    up.set_defaults(handler=cmd_up)
+
+    serve = commands.add_parser("serve", help="the GraphQL API (GraphiQL too, in development)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(handler=cmd_serve)
+
+    token = commands.add_parser("token", help="mint a development token")
+    token.add_argument("role", help="student, staff, college_officer, finance_officer, librarian, hr_officer, steward")
+    token.add_argument("--subject", help="学号 or 工号 (default: the role's demo user)")
+    token.add_argument("--org", help="org unit code, for scoped roles with --subject")
+    token.add_argument("-v", "--verbose", action="store_true", help="say who the token is for (on stderr)")
+    token.set_defaults(handler=cmd_token)
+
+    schema = commands.add_parser("schema", help="print the GraphQL schema (SDL)")
+    schema.set_defaults(handler=cmd_schema)
     return parser
 
 

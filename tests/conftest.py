@@ -67,3 +67,13 @@ def apply_changes(cluster: SimulatorCluster, count: int, seed: int, kinds: list[
     response = httpx.post(f"{cluster.urls['academic']}/_admin/changes", json=body)
     response.raise_for_status()
     return response.json()["changes"]
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def hub_api(request: pytest.FixtureRequest, simulators: SimulatorCluster, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The GraphQL API over a unified layer built from the session's stand-ins, once per
+    database kind for the whole session: tests that change data must leave it as they found it."""
+    from tests.api_support import api_hub
+
+    with api_hub(simulators, request.param, tmp_path_factory.mktemp(f"api-{request.param}")) as hub:
+        yield hub

@@ -4,6 +4,7 @@ sync state, provenance and conflicts. The schema is made and changed by Alembic 
 
 from campushub.models.base import Base
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
+from campushub.models.service import AuditEntry, CheckResult, CorrectionRequest, Notification, WorkOrder
 from campushub.models.unified import (
     CardAccount,
     CardTransaction,
@@ -22,16 +23,20 @@ from campushub.models.unified import (
 )
 
 __all__ = [
+    "AuditEntry",
     "Base",
     "CardAccount",
     "CardTransaction",
+    "CheckResult",
     "ClassGroup",
     "Conflict",
+    "CorrectionRequest",
     "Course",
     "FeeBill",
     "FieldProvenance",
     "Grade",
     "Major",
+    "Notification",
     "OrgUnit",
     "Payment",
     "Person",
@@ -41,4 +46,5 @@ __all__ = [
     "Student",
     "SyncRun",
     "SyncState",
+    "WorkOrder",
 ]

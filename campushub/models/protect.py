@@ -10,25 +10,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 from functools import cache
 
 from cryptography.fernet import Fernet
 
-from campushub.models.engine import DATA_DIR
+from campushub.models.secrets import secret
 
 
 @cache
 def _key() -> bytes:
-    configured = os.environ.get("CAMPUSHUB_ID_KEY")
-    if configured:
-        return configured.encode()
-    path = DATA_DIR / "id.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(Fernet.generate_key())
-        path.chmod(0o600)
-    return path.read_bytes().strip()
+    return secret("CAMPUSHUB_ID_KEY", "id.key", lambda: Fernet.generate_key().decode()).encode()
 
 
 @cache

@@ -24,3 +24,5 @@ FRESHNESS: dict[str, dt.timedelta] = {
 }
 # What each system is called on the service hall's badges.
 LABELS: dict[str, str] = {"academic": "教务", "hr": "人事", "finance": "财务", "card": "一卡通"}
+# The department that owns each system's data: where a correction of its values is routed.
+OWNERS: dict[str, str] = {"academic": "教务处", "hr": "人事处", "finance": "财务处", "card": "后勤管理处"}

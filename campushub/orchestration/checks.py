@@ -37,6 +37,7 @@ from dagster._core.storage.tags import (
 from sqlalchemy import Engine
 
 from campushub.models import quality
+from campushub.models.service import record_check_result
 from campushub.orchestration.resources import DatabaseResource
 
 
@@ -196,6 +197,8 @@ def checks_for(entity: str) -> AssetChecksDefinition:
                 database.engine, table, lambda key=key: previous_row_count(context, key), partition_days(context)
             )
             outcome = RULES[name].run(probe)
+            with database.engine.begin() as connection:
+                record_check_result(connection, entity, name, outcome, context.run.run_id)
             if not outcome.passed:
                 context.log.warning(f"{asset_key.to_user_string()} failed {name}: {outcome.counts}")
             yield AssetCheckResult(

@@ -1,0 +1,371 @@
+"""The ASGI app: GraphQL over HTTP at `/graphql`, as the GraphQL-over-HTTP specification asks.
+
+- POST with a JSON body (`query`, `variables`, `operationName`); GET for queries only — a
+  mutation over GET is 405, since GETs may be cached, prefetched and replayed;
+- answers in `application/graphql-response+json` when the client accepts it (then a request
+  that fails to parse or validate is 400), else `application/json` (then 200, as legacy clients
+  expect); a body that is not a GraphQL request is 400 either way, an unacceptable Accept 406;
+- every request carries a bearer JWT (401 otherwise) and gets a request id, returned in the
+  `X-Request-ID` header and in every error, and logged with the detail clients never see;
+- documents are parsed, validated and limit-checked once, then cached;
+- the audit rows of a request are written before its answer leaves: if they cannot be, the
+  answer is withheld.
+
+GraphiQL is served at `GET /graphql` (text/html) in development mode only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    execute,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from sqlalchemy import Engine
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from campushub.graphql.audit import AuditTrail
+from campushub.graphql.auth import AuthError, Principal, verify_token
+from campushub.graphql.context import RequestContext
+from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
+from campushub.graphql.schema import SCHEMA
+
+log = logging.getLogger("campushub.api")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+DOCUMENT_CACHE_SIZE = 1024
+MAX_BODY_BYTES = 100_000
+REQUEST_TIMEOUT_S = float(os.environ.get("CAMPUSHUB_API_TIMEOUT_S", "10"))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    development: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls) -> ApiSettings:
+        return cls(development=os.environ.get("CAMPUSHUB_ENV", "development") == "development")
+
+
+class RequestError(Exception):
+    """A request that is not a GraphQL request at all: answered before any execution."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    document: DocumentNode | None
+    errors: tuple[GraphQLError, ...]
+
+
+class DocumentCache:
+    """Parse + validate + limit check, once per distinct document (an LRU): in graphql-core
+    these cost many times what executing a small query does."""
+
+    def __init__(self, schema: GraphQLSchema, settings: ApiSettings) -> None:
+        self._schema = schema
+        self._limits = settings.limits
+        self._rules = [*specified_rules, NoNulCharactersRule]
+        if not settings.development:
+            self._rules.append(NoSchemaIntrospectionCustomRule)
+        self._suggestions = settings.development
+        self._entries: OrderedDict[str, Prepared] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def prepare(self, query: str) -> Prepared:
+        with self._lock:
+            prepared = self._entries.get(query)
+            if prepared is not None:
+                self._entries.move_to_end(query)
+                return prepared
+        prepared = self._prepare(query)
+        with self._lock:
+            self._entries[query] = prepared
+            if len(self._entries) > DOCUMENT_CACHE_SIZE:
+                self._entries.popitem(last=False)
+        return prepared
+
+    def _prepare(self, query: str) -> Prepared:
+        try:
+            document = parse(query, max_tokens=5_000)
+        except GraphQLError as error:
+            return Prepared(None, (error,))
+        errors = validate(self._schema, document, self._rules, max_errors=20)
+        if not errors:
+            errors = check_limits(self._schema, document, self._limits)
+        if not self._suggestions:
+            errors = [_without_suggestions(error) for error in errors]
+        return Prepared(None if errors else document, tuple(errors))
+
+
+def _without_suggestions(error: GraphQLError) -> GraphQLError:
+    """Outside development, "Did you mean …?" would map the schema for a prober."""
+    message = error.message.split(" Did you mean", 1)[0]
+    return GraphQLError(message, error.nodes, extensions=error.extensions) if message != error.message else error
+
+
+def _accepted_media_type(request: Request) -> str | None:
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return JSON
+    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    if GRAPHQL_RESPONSE in offered:
+        return GRAPHQL_RESPONSE
+    if JSON in offered or "application/*" in offered or "*/*" in offered:
+        return JSON
+    return None
+
+
+async def _graphql_params(request: Request) -> dict[str, Any]:
+    if request.method == "GET":
+        params: dict[str, Any] = dict(request.query_params)
+        if "variables" in params:
+            try:
+                params["variables"] = json.loads(params["variables"])
+            except json.JSONDecodeError as error:
+                raise RequestError(400, "variables: not JSON") from error
+        if "extensions" in params:
+            params.pop("extensions")
+        return params
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JSON:
+        raise RequestError(415, "POST a JSON body (Content-Type: application/json)")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    try:
+        params = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RequestError(400, "body: not JSON") from error
+    if isinstance(params, list):
+        raise RequestError(400, "batched requests are not supported: send one operation per request")
+    if not isinstance(params, dict):
+        raise RequestError(400, "body: a JSON object with a query, please")
+    return params
+
+
+def _checked(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:
+    query, variables, operation_name = params.get("query"), params.get("variables"), params.get("operationName")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError(400, "query: a non-empty string, please")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestError(400, "variables: a JSON object, please")
+    if contains_nul(variables):  # as NoNulCharactersRule refuses them in the document
+        raise RequestError(400, "variables: strings may not contain NUL characters")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError(400, "operationName: a string, please")
+    return query, variables, operation_name
+
+
+def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if name is None:
+        return operations[0] if len(operations) == 1 else None
+    return next((op for op in operations if op.name and op.name.value == name), None)
+
+
+def _principal(request: Request) -> Principal:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missing bearer token")
+    return verify_token(token.strip())
+
+
+class GraphQLApp:
+    def __init__(self, engine: Engine, settings: ApiSettings, schema: GraphQLSchema) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.schema = schema
+        self.documents = DocumentCache(schema, settings)
+
+    def _run(
+        self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
+    ) -> dict[str, Any]:
+        audit = AuditTrail(request_id, principal.subject, principal.role)
+        operation = _operation(document, name)
+        with self.engine.connect() as connection:
+            if operation is not None and operation.operation == OperationType.QUERY:
+                # A query writes nothing but its audit rows, in one atomic statement: it needs no
+                # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
+                # None spares PostgreSQL the BEGIN and COMMIT round trips, and SQLite a write lock
+                # held from the INSERT until a later COMMIT call.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            context = RequestContext(principal, connection, audit, request_id, self.settings.development)
+            result = execute(
+                self.schema, document, variable_values=variables, operation_name=name, context_value=context
+            )
+            if result.errors:
+                connection.rollback()  # a mutation that failed half-way leaves nothing
+            # No read without its audit row: written (and committed with any mutation) first.
+            audit.write(connection)
+            connection.commit()
+        return self._body(result, request_id)
+
+    def _body(self, result: ExecutionResult, request_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body["errors"] = [self._error(error, request_id) for error in result.errors]
+        return body
+
+    def _error(self, error: GraphQLError, request_id: str) -> dict[str, Any]:
+        formatted = error.formatted
+        extensions = dict(error.extensions or {})
+        if error.original_error is not None and not isinstance(error.original_error, GraphQLError):
+            # An unexpected failure: the log has the detail, the client a request id.
+            log.error("request %s failed at %s", request_id, error.path, exc_info=error.original_error)
+            formatted["message"] = "internal error"
+            extensions = {"code": "INTERNAL"}
+        extensions["requestId"] = request_id
+        formatted["extensions"] = extensions
+        return formatted
+
+    async def handle(self, request: Request) -> Response:
+        request_id = str(uuid.uuid4())
+        headers = {"X-Request-ID": request_id}
+        if request.method not in ("GET", "POST"):
+            # Answered here, not by the router, so that this answer carries a request id too.
+            return _plain_error(405, "GraphQL over GET (queries) or POST", request_id, headers={"Allow": "GET, POST"})
+        if request.method == "GET" and self.settings.development and "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(GRAPHIQL, headers=headers)
+        media_type = _accepted_media_type(request)
+        if media_type is None:
+            return _plain_error(406, f"Accept {GRAPHQL_RESPONSE} or {JSON}", request_id)
+        try:
+            query, variables, operation_name = _checked(await _graphql_params(request))
+        except RequestError as error:
+            return _plain_error(error.status, str(error), request_id, media_type, error.headers)
+        try:
+            principal = _principal(request)
+        except AuthError as error:
+            response = _plain_error(401, str(error), request_id, media_type)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="campushub"'
+            return response
+
+        prepared = self.documents.prepare(query)
+        if prepared.document is None:
+            status = 400 if media_type == GRAPHQL_RESPONSE else 200
+            errors = [self._error(error, request_id) for error in prepared.errors]
+            return JSONResponse({"errors": errors}, status, headers, media_type=media_type)
+        operation = _operation(prepared.document, operation_name)
+        if operation is None:
+            return _plain_error(400, "operationName: no such operation in the document", request_id, media_type)
+        if request.method == "GET" and operation.operation != OperationType.QUERY:
+            return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
+
+        try:
+            body = await asyncio.wait_for(
+                run_in_threadpool(self._run, principal, request_id, prepared.document, variables, operation_name),
+                REQUEST_TIMEOUT_S,
+            )
+        except TimeoutError:
+            log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
+            return _plain_error(504, "the request took too long", request_id, media_type)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return _plain_error(500, "internal error", request_id, media_type)
+        return JSONResponse(body, 200, headers, media_type=media_type)
+
+
+# Every method reaches the handler, which refuses all but GET and POST itself (with a request id).
+GRAPHQL_ROUTE_METHODS = ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _plain_error(
+    status: int, message: str, request_id: str, media_type: str = JSON, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    code = {401: "UNAUTHENTICATED", 504: "TIMEOUT", 500: "INTERNAL"}.get(status, "BAD_REQUEST")
+    body = {"errors": [{"message": message, "extensions": {"code": code, "requestId": request_id}}]}
+    return JSONResponse(body, status, {"X-Request-ID": request_id, **(headers or {})}, media_type=media_type)
+
+
+GRAPHIQL = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>campushub GraphiQL</title>
+<link rel="stylesheet" href="https://unpkg.com/graphiql@3/graphiql.min.css"></head>
+<body style="margin:0"><div id="graphiql" style="height:100vh"></div>
+<script crossorigin src="https://unpkg.com/react@18/umd/react.production.min.js"></script>
+<script crossorigin src="https://unpkg.com/react-dom@18/umd/react-dom.production.min.js"></script>
+<script crossorigin src="https://unpkg.com/graphiql@3/graphiql.min.js"></script>
+<script>
+const token = localStorage.getItem("campushub.token") || prompt("Bearer token (campushub token student):");
+if (token) localStorage.setItem("campushub.token", token);
+const fetcher = GraphiQL.createFetcher({url: "/graphql", headers: {Authorization: "Bearer " + token}});
+ReactDOM.createRoot(document.getElementById("graphiql")).render(React.createElement(GraphiQL, {fetcher}));
+</script></body></html>"""
+
+
+def _dev_routes(engine: Engine) -> list[Route]:
+    """Development sign-in: pick a demo user, get their token. Never mounted in production."""
+    from campushub.graphql.auth import mint_token
+    from campushub.graphql.demo import demo_users
+    from campushub.graphql.permissions import ROLES
+
+    def user(principal: Principal) -> dict[str, Any]:
+        return {
+            "role": principal.role,
+            "roleLabel": ROLES[principal.role].label,
+            "subject": principal.subject,
+            "name": principal.name,
+        }
+
+    def users() -> dict[str, Principal]:
+        with engine.connect() as connection:
+            return demo_users(connection)
+
+    async def list_users(_: Request) -> JSONResponse:
+        return JSONResponse([user(p) for p in (await run_in_threadpool(users)).values()])
+
+    async def token(request: Request) -> JSONResponse:
+        principal = (await run_in_threadpool(users)).get(request.query_params.get("role", ""))
+        if principal is None:
+            return JSONResponse({"message": "no demo user for this role"}, 404)
+        return JSONResponse({"token": mint_token(principal), "user": user(principal)})
+
+    return [Route("/dev/users", list_users), Route("/dev/token", token)]
+
+
+def create_app(engine: Engine | None = None, settings: ApiSettings | None = None) -> Starlette:
+    from campushub.graphql.documents import DocumentRoutes
+    from campushub.models.engine import make_engine
+    from campushub.web import routes as web_routes
+
+    engine = engine or make_engine()
+    settings = settings or ApiSettings.from_env()
+    graphql = GraphQLApp(engine, settings, SCHEMA.graphql_schema)
+    documents = DocumentRoutes(engine, settings.development)
+    routes: list[BaseRoute] = [
+        Route("/graphql", graphql.handle, methods=[*GRAPHQL_ROUTE_METHODS]),
+        Route("/api/work-orders/{public_id}/pdf", documents.pdf),
+        Route("/api/verify", documents.verify),
+        *web_routes(),
+    ]
+    if settings.development:
+        routes += _dev_routes(engine)
+    return Starlette(routes=routes)

@@ -1,0 +1,626 @@
+"""Form prefill: each form field's value from the unified layer, with where it came from.
+
+A form field names a path (`person.name`, `student.college`, `fees.settled`, …). `PATHS` maps
+every path to the entity it reads and the function that reads it; a path a form does not name
+is never evaluated, so a form cannot release more than it declares. Derived values (fees
+settled? refundable balance?) are computed here from unified rows on every request, never
+stored.
+
+Each filled value carries its source system, the source record's key and its as-of time — for
+golden person fields from `field_provenance`, for the rest from the entity's own system — and
+its quality notes: the record breaks a declared rule, the person has an open identity
+conflict, a newer version of the record sits in quarantine, or the source is overdue.
+
+Records are loaded for many people at once (`load_subjects`), so the same code fills one
+person's form on a request and measures a form's coverage over the whole population.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from cryptography.fernet import InvalidToken
+from sqlalchemy import (
+    BindParameter,
+    CompoundSelect,
+    Connection,
+    RowMapping,
+    Select,
+    String,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    tuple_,
+    union_all,
+)
+
+from campushub.graphql.forms import Form
+from campushub.models.landing import QuarantinedRecord, SyncState
+from campushub.models.protect import decrypt_id, mask_id
+from campushub.models.record_checks import id_number_verdict, record_problems
+from campushub.models.sources import FRESHNESS
+from campushub.models.unified import (
+    CardAccount,
+    ClassGroup,
+    Conflict,
+    FeeBill,
+    FieldProvenance,
+    Grade,
+    Major,
+    OrgUnit,
+    Payment,
+    Person,
+    Staff,
+    Student,
+)
+from campushub.reference.codes import code_table
+
+PASS_SCORE = 60
+CARD_STATUS_HELD = "冻结"  # a frozen account's balance is held, not refunded
+
+
+@dataclass(frozen=True, slots=True)
+class Filled:
+    value: str  # machine form: ISO date, integer fen, national code, "true"/"false"
+    display: str  # as a person reads it
+    source: str
+    source_key: str
+    as_of: dt.datetime | None
+    notes: tuple[str, ...] = ()  # quality problems; empty means the value passed every rule
+
+
+@dataclass(frozen=True, slots=True)
+class Missing:
+    reason: str
+
+
+Outcome = Filled | Missing
+
+
+@dataclass
+class Records:
+    """One person's rows, as far as the asked-for paths need them."""
+
+    person: RowMapping | None = None
+    student: RowMapping | None = None
+    staff: RowMapping | None = None
+    card: RowMapping | None = None
+    bills: list[RowMapping] = field(default_factory=list)
+    last_payment_at: dt.datetime | None = None
+    grades: RowMapping | None = None
+    provenance: dict[str, RowMapping] = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # entity -> notes
+    show_full_id_number: bool = False
+
+
+# ------------------------------------------------------------------------------ formatting
+def _code(table: str, code: str | None) -> str | None:
+    entry = code_table(table).get(code) if code else None
+    return entry.name if entry else code
+
+
+def _money(fen: int) -> str:
+    return f"{fen / 100:,.2f} 元"
+
+
+def _yes_no(flag: bool) -> str:
+    return "是" if flag else "否"
+
+
+# -------------------------------------------------------------------------- path resolvers
+PERSON_FIELDS: dict[str, Callable[[Any], tuple[str, str]]] = {
+    "name": lambda v: (v, v),
+    "sex": lambda v: (v, _code("sex", v) or v),
+    "birth_date": lambda v: (v.isoformat(), v.isoformat()),
+    "ethnicity": lambda v: (v, _code("ethnicity", v) or v),
+    "political_status": lambda v: (v, _code("political_status", v) or v),
+    "phone": lambda v: (v, v),
+    "email": lambda v: (v, v),
+}
+
+
+def _person_field(name: str) -> Callable[[Records], Outcome]:
+    render = PERSON_FIELDS[name]
+
+    def resolve(records: Records) -> Outcome:
+        person = records.person
+        if person is None:
+            return Missing("不在统一数据中 (not in the unified layer)")
+        value = person[name]
+        if value is None:
+            return Missing("没有任何来源系统提供此项 (no source system holds this)")
+        provenance = records.provenance.get(name)
+        machine, display = render(value)
+        return Filled(
+            machine,
+            display,
+            source=provenance["source"] if provenance else "hub",
+            source_key=provenance["source_key"] if provenance else str(person["id"]),
+            as_of=provenance["as_of"] if provenance else person["updated_at"],
+            notes=tuple(records.notes["person"]),
+        )
+
+    return resolve
+
+
+def _id_number(records: Records) -> Outcome:
+    person = records.person
+    if person is None or person["id_number_cipher"] is None:
+        return Missing("没有任何来源系统提供身份证件号 (no source system holds an ID number)")
+    try:
+        number = decrypt_id(person["id_number_cipher"])
+    except InvalidToken:
+        return Missing("身份证件号无法解密，请联系数据管理员 (stored ID number unreadable; a steward is needed)")
+    notes = list(records.notes["person"])
+    verdict = id_number_verdict(number, person["birth_date"], person["sex"])
+    if verdict:
+        notes.append(verdict)
+    shown = number if records.show_full_id_number else mask_id(number)
+    provenance = records.provenance.get("id_number")
+    return Filled(
+        shown,
+        shown,
+        source=provenance["source"] if provenance else "hub",
+        source_key=provenance["source_key"] if provenance else str(person["id"]),
+        as_of=provenance["as_of"] if provenance else person["updated_at"],
+        notes=tuple(notes),
+    )
+
+
+def _entity_field(
+    entity: str, source: str, key: str, column: str, render: Callable[[Any], tuple[str, str]] = lambda v: (v, v)
+) -> Callable[[Records], Outcome]:
+    def resolve(records: Records) -> Outcome:
+        row = getattr(records, entity)
+        if row is None:
+            return Missing(NO_RECORD[entity])
+        value = row[column]
+        if value is None:
+            return Missing(f"{SOURCE_NAMES[source]}未登记此项 ({source} holds no value)")
+        machine, display = render(value)
+        return Filled(machine, display, source, row[key], row["source_updated_at"], tuple(records.notes[entity]))
+
+    return resolve
+
+
+NO_RECORD = {
+    "student": "没有学籍记录 (no student record)",
+    "staff": "没有人事记录 (no staff record)",
+    "card": "没有校园卡 (no campus card)",
+}
+SOURCE_NAMES = {"academic": "教务系统", "hr": "人事系统", "finance": "财务系统", "card": "一卡通系统"}
+
+
+def _iso(value: dt.date) -> tuple[str, str]:
+    return value.isoformat(), value.isoformat()
+
+
+def _month(value: dt.date) -> tuple[str, str]:
+    return value.isoformat(), f"{value.year}年{value.month}月"
+
+
+def _fen(value: int) -> tuple[str, str]:
+    return str(value), _money(value)
+
+
+def _refundable(records: Records) -> Outcome:
+    card = records.card
+    if card is None:
+        return Missing(NO_RECORD["card"])
+    refundable = 0 if card["status"] == CARD_STATUS_HELD else max(card["balance_fen"], 0)
+    notes = list(records.notes["card"])
+    if card["status"] == CARD_STATUS_HELD:
+        notes.append("card frozen: its balance is held until the card desk releases it")
+    return Filled(str(refundable), _money(refundable), "card", card["card_no"], card["source_updated_at"], tuple(notes))
+
+
+def _card_returned(records: Records) -> Outcome:
+    return Missing(
+        "一卡通系统不记录交卡，由卡务中心现场确认 (the card system does not record returns; the card desk confirms)"
+    )
+
+
+def _fees(compute: Callable[[Records], tuple[str, str]]) -> Callable[[Records], Outcome]:
+    def resolve(records: Records) -> Outcome:
+        student = records.student
+        if student is None:
+            return Missing(NO_RECORD["student"])
+        if not records.bills:
+            return Missing("财务系统没有此学生的账单 (finance holds no bills for this student)")
+        # The daily export carries no per-bill modification time: the bill is as of its load.
+        as_of = max(bill["source_updated_at"] or bill["loaded_at"] for bill in records.bills)
+        machine, display = compute(records)
+        return Filled(machine, display, "finance", student["student_no"], as_of, tuple(records.notes["fees"]))
+
+    return resolve
+
+
+def _outstanding(records: Records) -> int:
+    return sum(max(bill["amount_fen"] - bill["paid_fen"], 0) for bill in records.bills)
+
+
+def _outstanding_items(records: Records) -> tuple[str, str]:
+    owed = [bill for bill in records.bills if bill["amount_fen"] > bill["paid_fen"]]
+    machine = ",".join(bill["bill_no"] for bill in owed)
+    display = "；".join(
+        f"{bill['academic_year']} {bill['item_name']} {_money(bill['amount_fen'] - bill['paid_fen'])}" for bill in owed
+    )
+    return machine, display or "无"
+
+
+def _last_payment(records: Records) -> Outcome:
+    if records.student is None:
+        return Missing(NO_RECORD["student"])
+    paid_at = records.last_payment_at
+    if paid_at is None:
+        return Missing("财务系统没有此学生的缴费记录 (finance holds no payments for this student)")
+    local = paid_at.astimezone(dt.timezone(dt.timedelta(hours=8)))
+    return Filled(
+        paid_at.isoformat(), local.strftime("%Y-%m-%d %H:%M"), "finance", records.student["student_no"], paid_at
+    )
+
+
+def _grades(column: str, render: Callable[[Any], tuple[str, str]]) -> Callable[[Records], Outcome]:
+    def resolve(records: Records) -> Outcome:
+        if records.student is None:
+            return Missing(NO_RECORD["student"])
+        summary = records.grades
+        if summary is None or not summary["courses"]:
+            return Missing("教务系统还没有成绩 (academic affairs holds no grades yet)")
+        machine, display = render(summary[column])
+        return Filled(
+            machine,
+            display,
+            "academic",
+            records.student["student_no"],
+            summary["as_of"],
+            tuple(records.notes["student"]),
+        )
+
+    return resolve
+
+
+# path -> (the records it needs, how it is read)
+PATHS: dict[str, tuple[str, Callable[[Records], Outcome]]] = {
+    **{f"person.{name}": ("person", _person_field(name)) for name in PERSON_FIELDS},
+    "person.id_number": ("person", _id_number),
+    "student.student_no": ("student", _entity_field("student", "academic", "student_no", "student_no")),
+    "student.college": ("student", _entity_field("student", "academic", "student_no", "college_name")),
+    "student.major": ("student", _entity_field("student", "academic", "student_no", "major_name")),
+    "student.class": ("student", _entity_field("student", "academic", "student_no", "class_name")),
+    "student.education_level": (
+        "student",
+        _entity_field(
+            "student", "academic", "student_no", "education_level", lambda v: (v, _code("education_level", v))
+        ),
+    ),
+    "student.entry_date": ("student", _entity_field("student", "academic", "student_no", "entry_date", _month)),
+    "student.expected_graduation": (
+        "student",
+        _entity_field("student", "academic", "student_no", "expected_graduation", _month),
+    ),
+    "student.status": (
+        "student",
+        _entity_field("student", "academic", "student_no", "status", lambda v: (v, _code("student_status", v))),
+    ),
+    "staff.staff_no": ("staff", _entity_field("staff", "hr", "staff_no", "staff_no")),
+    "staff.department": ("staff", _entity_field("staff", "hr", "staff_no", "department_name")),
+    "staff.position": ("staff", _entity_field("staff", "hr", "staff_no", "position_name")),
+    "staff.title": (
+        "staff",
+        _entity_field("staff", "hr", "staff_no", "title_code", lambda v: (v, _code("professional_title", v))),
+    ),
+    "staff.hire_date": ("staff", _entity_field("staff", "hr", "staff_no", "hire_date", _iso)),
+    "staff.employment_status": ("staff", _entity_field("staff", "hr", "staff_no", "employment_status")),
+    "staff.monthly_gross": ("staff", _entity_field("staff", "hr", "staff_no", "monthly_gross_fen", _fen)),
+    "card.card_no": ("card", _entity_field("card", "card", "card_no", "card_no")),
+    "card.holder_no": ("card", _entity_field("card", "card", "card_no", "holder_no")),
+    "card.status": ("card", _entity_field("card", "card", "card_no", "status")),
+    "card.balance": ("card", _entity_field("card", "card", "card_no", "balance_fen", _fen)),
+    "card.refundable_balance": ("card", _refundable),
+    "card.returned": ("card", _card_returned),
+    "fees.billed": ("fees", _fees(lambda r: _fen(sum(bill["amount_fen"] for bill in r.bills)))),
+    "fees.paid": ("fees", _fees(lambda r: _fen(sum(bill["paid_fen"] for bill in r.bills)))),
+    "fees.outstanding": ("fees", _fees(lambda r: _fen(_outstanding(r)))),
+    "fees.settled": ("fees", _fees(lambda r: (str(_outstanding(r) == 0).lower(), _yes_no(_outstanding(r) == 0)))),
+    "fees.outstanding_items": ("fees", _fees(_outstanding_items)),
+    "fees.last_payment_at": ("fees", _last_payment),
+    "grades.courses": ("grades", _grades("courses", lambda v: (str(v), f"{v} 门"))),
+    "grades.credits": ("grades", _grades("credits", lambda v: (f"{v:g}", f"{v:g} 学分"))),
+    "grades.average_score": ("grades", _grades("average", lambda v: (f"{v:.1f}", f"{v:.1f} 分"))),
+    "grades.last_term": ("grades", _grades("last_term", lambda v: (v, v))),
+}
+
+
+def entities_of(paths: Iterable[str]) -> frozenset[str]:
+    entities = {PATHS[path][0] for path in paths}
+    # Fees and grades are found by 学号: they need the student row too.
+    if entities & {"fees", "grades"}:
+        entities.add("student")
+    return frozenset(entities)
+
+
+# ------------------------------------------------------------------------------- loading
+def _by_person(rows: Iterable[RowMapping], prefer: Callable[[RowMapping], Any]) -> dict[int, RowMapping]:
+    """One row per person: where someone has several (a re-issued card), the preferred one."""
+    chosen: dict[int, RowMapping] = {}
+    for row in rows:
+        current = chosen.get(row["person_id"])
+        if current is None or prefer(row) > prefer(current):
+            chosen[row["person_id"]] = row
+    return chosen
+
+
+# The statements of a prefill are built once, with the people as an expanding parameter:
+# building a SQLAlchemy statement (and its cache key) per request costs more than running it.
+PERSON_IDS = bindparam("person_ids", expanding=True)
+
+
+@cache
+def _students_statement() -> Select[Any]:
+    college, major, klass = OrgUnit.__table__.alias("college"), Major.__table__, ClassGroup.__table__
+    return (
+        select(
+            Student.__table__,
+            college.c.name.label("college_name"),
+            major.c.name.label("major_name"),
+            klass.c.name.label("class_name"),
+        )
+        .outerjoin(college, college.c.id == Student.college_id)
+        .outerjoin(major, major.c.id == Student.major_id)
+        .outerjoin(klass, klass.c.id == Student.class_id)
+        .where(Student.person_id.in_(PERSON_IDS), Student.deleted_at.is_(None))
+    )
+
+
+def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+    rows = connection.execute(_students_statement(), {"person_ids": list(person_ids)}).mappings()
+    return _by_person(rows, lambda row: (row["entry_date"] or dt.date.min, row["student_no"]))
+
+
+def _staff(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+    department = OrgUnit.__table__.alias("department")
+    query = (
+        select(Staff.__table__, department.c.name.label("department_name"))
+        .outerjoin(department, department.c.id == Staff.department_id)
+        .where(Staff.person_id.in_(person_ids), Staff.deleted_at.is_(None))
+    )
+    return _by_person(connection.execute(query).mappings(), lambda row: row["staff_no"])
+
+
+def _cards(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+    query = select(CardAccount.__table__).where(CardAccount.person_id.in_(person_ids), CardAccount.deleted_at.is_(None))
+    # The card in use: a normal card over a lost or frozen one, then the newest.
+    return _by_person(
+        connection.execute(query).mappings(),
+        lambda row: (row["status"] == "正常", row["opened_on"] or dt.date.min, row["card_no"]),
+    )
+
+
+def _grade_summaries(connection: Connection, student_nos: Sequence[str]) -> dict[str, RowMapping]:
+    passed = Grade.score >= PASS_SCORE
+    query = (
+        select(
+            Grade.student_no,
+            func.count().label("courses"),
+            func.coalesce(func.sum(Grade.credits).filter(passed), 0.0).label("credits"),
+            func.avg(Grade.score).label("average"),
+            func.max(Grade.term).label("last_term"),
+            func.max(Grade.source_updated_at).label("as_of"),
+        )
+        .where(Grade.student_no.in_(student_nos), Grade.deleted_at.is_(None))
+        .group_by(Grade.student_no)
+    )
+    return {row["student_no"]: row for row in connection.execute(query).mappings()}
+
+
+def _quality_notes(
+    connection: Connection, records: dict[int, Records], now: dt.datetime, entities: frozenset[str]
+) -> None:
+    """Flag what should not be served as plain fact.
+
+    The facts that live outside the person's own rows — open identity conflicts, newer versions
+    refused into quarantine, each source's last complete sync — are read in one statement: a
+    prefill is a handful of round trips, and each one costs as much as the work it carries."""
+    # A newer version of the record was refused: what is served may be out of date.
+    keys: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for person_id, found in records.items():
+        if found.student is not None:
+            keys["academic", "students", found.student["student_no"]] = (person_id, "student")
+        if found.staff is not None:
+            keys["hr", "staff", found.staff["staff_no"]] = (person_id, "staff")
+        if found.card is not None:
+            keys["card", "card_accounts", found.card["card_no"]] = (person_id, "card")
+
+    parameters: dict[str, Any] = {"person_ids": list(records)}
+    if keys:
+        parameters["keys"] = list(keys)
+    last_sync: dict[str, dt.datetime | None] = {}
+    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys)), parameters):
+        if what == "sync":
+            last_sync[a] = at
+        elif what == "conflict":
+            records[int(a)].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
+        elif (a, b, c) in keys:
+            person_id, entity = keys[a, b, c]
+            records[person_id].notes[entity].append("a newer version from the source is in quarantine")
+
+    overdue = _overdue_sources(last_sync, now)
+    for found in records.values():
+        for entity, row, table in (
+            ("person", found.person, "person"),
+            ("student", found.student, "student"),
+            ("staff", found.staff, "staff"),
+            ("card", found.card, "card_account"),
+        ):
+            if row is not None and entity in entities:
+                found.notes[entity].extend(record_problems(table, row))
+        for entity, source in ENTITY_SOURCE.items():
+            if source in overdue:
+                found.notes[entity].append(overdue[source])
+
+
+@cache
+def _quality_statement(with_keys: bool) -> CompoundSelect:
+    """One row shape for all three: (what, a, b, c, at). The sync branch comes first, so that its
+    `at` column decides how the union's instants are read."""
+    parts: list[Select[Any]] = [
+        select(
+            literal_column("'sync'").label("what"),
+            SyncState.source.label("a"),
+            null().label("b"),
+            null().label("c"),
+            func.min(SyncState.last_success_at).label("at"),
+        ).group_by(SyncState.source),
+        select(literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null()).where(
+            Conflict.person_id.in_(PERSON_IDS), Conflict.status == "open"
+        ),
+        *_unlinked_conflicts(PERSON_IDS),
+    ]
+    if with_keys:
+        parts.append(
+            select(
+                literal_column("'quarantine'"),
+                QuarantinedRecord.source,
+                QuarantinedRecord.stream,
+                QuarantinedRecord.source_key,
+                null(),
+            ).where(
+                tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key).in_(
+                    bindparam("keys", expanding=True)
+                ),
+                QuarantinedRecord.resolved_at.is_(None),
+            )
+        )
+    return union_all(*parts)
+
+
+def _unlinked_conflicts(person_ids: BindParameter[Any]) -> list[Select[Any]]:
+    """Open identity conflicts about these people that name no person: the records they dispute
+    stay unlinked until a steward decides, so they are found by the keys they name — the ID
+    number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
+    claims (`card:<card no>`, a card whose name is not its holder's)."""
+    unlinked = (Conflict.status == "open", Conflict.person_id.is_(None))
+    same_id = (
+        select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null())
+        .join(Person, Conflict.subject == literal("id:", String) + func.substr(Person.id_number_hash, 1, 16))
+        .where(Person.id.in_(person_ids), *unlinked)
+    )
+    holders = union_all(
+        select(Student.person_id, literal("student", String).label("kind"), Student.student_no.label("no")).where(
+            Student.person_id.in_(person_ids)
+        ),
+        select(Staff.person_id, literal("staff", String), Staff.staff_no).where(Staff.person_id.in_(person_ids)),
+    ).subquery()
+    card_claimed = (
+        select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null())
+        .select_from(Conflict)
+        .join(CardAccount, Conflict.subject == literal("card:", String) + CardAccount.card_no)
+        .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
+        .where(*unlinked)
+    )
+    return [same_id, card_claimed]
+
+
+ENTITY_SOURCE = {"student": "academic", "grades": "academic", "staff": "hr", "fees": "finance", "card": "card"}
+
+
+def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime) -> dict[str, str]:
+    overdue = {}
+    for source, window in FRESHNESS.items():
+        synced = last.get(source)
+        if synced is None or now - synced > window:
+            when = synced.isoformat(timespec="minutes") if synced else "never"
+            overdue[source] = f"{source} not synced within {window} (last complete sync: {when})"
+    return overdue
+
+
+@cache
+def _persons_statement(with_provenance: bool) -> Select[Any]:
+    persons = select(Person.__table__).where(Person.id.in_(PERSON_IDS))
+    if not with_provenance:
+        return persons
+    # With each golden field's provenance, in the same statement: a row per field, each
+    # carrying the person's columns and `field`, `source`, `source_key` and `as_of`.
+    provenance = FieldProvenance.__table__
+    return persons.add_columns(
+        provenance.c.field, provenance.c.source, provenance.c.source_key, provenance.c.as_of
+    ).outerjoin(provenance, (provenance.c.entity == "person") & (provenance.c.entity_id == Person.id))
+
+
+def load_subjects(
+    connection: Connection,
+    person_ids: Sequence[int],
+    entities: frozenset[str],
+    *,
+    with_quality: bool = True,
+    now: dt.datetime | None = None,
+) -> dict[int, Records]:
+    """The rows `entities` need for each person, in a fixed handful of queries whatever the
+    number of people."""
+    records = {person_id: Records() for person_id in person_ids}
+    if not records:
+        return records
+    ids = list(records)
+    persons = _persons_statement(with_provenance="person" in entities and with_quality)
+    for row in connection.execute(persons, {"person_ids": ids}).mappings():
+        found = records[row["id"]]
+        if found.person is None:
+            found.person = row
+        if row.get("field") is not None:
+            found.provenance[row["field"]] = row
+    if "student" in entities:
+        for person_id, row in _students(connection, ids).items():
+            records[person_id].student = row
+    if "staff" in entities:
+        for person_id, row in _staff(connection, ids).items():
+            records[person_id].staff = row
+    if "card" in entities:
+        for person_id, row in _cards(connection, ids).items():
+            records[person_id].card = row
+    by_student_no = {found.student["student_no"]: found for found in records.values() if found.student is not None}
+    if "fees" in entities and by_student_no:
+        bills = select(FeeBill.__table__).where(
+            FeeBill.student_no.in_(list(by_student_no)), FeeBill.deleted_at.is_(None)
+        )
+        for bill in connection.execute(bills.order_by(FeeBill.bill_no)).mappings():
+            by_student_no[bill["student_no"]].bills.append(bill)
+        payments = (
+            select(Payment.student_no, func.max(Payment.paid_at))
+            .where(Payment.student_no.in_(list(by_student_no)), Payment.deleted_at.is_(None))
+            .group_by(Payment.student_no)
+        )
+        for student_no, paid_at in connection.execute(payments):
+            by_student_no[student_no].last_payment_at = paid_at
+    if "grades" in entities and by_student_no:
+        for student_no, summary in _grade_summaries(connection, list(by_student_no)).items():
+            by_student_no[student_no].grades = summary
+    if with_quality:
+        _quality_notes(connection, records, now or dt.datetime.now(dt.UTC), entities)
+    return records
+
+
+def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
+    """Every field of `form`, in order: its value with provenance, or why it is missing."""
+    outcomes: list[tuple[str, Outcome]] = []
+    for form_field in form.fields:
+        if form_field.path is None:
+            outcomes.append((form_field.name, Missing(form_field.reason or "由申请人填写 (asked of the applicant)")))
+            continue
+        records.show_full_id_number = form_field.full_id_number
+        outcomes.append((form_field.name, PATHS[form_field.path][1](records)))
+    records.show_full_id_number = False
+    return outcomes
+
+
+__all__ = ["PATHS", "Filled", "Missing", "Records", "entities_of", "fill", "load_subjects"]

@@ -1,0 +1,130 @@
+"""What the hub records about its own service, beside the data it serves.
+
+- `audit_log`: one row per read of personal data (and per refused attempt), written before the
+  answer leaves the API. The API only ever inserts: the migration adds triggers that refuse
+  UPDATE and DELETE on both SQLite and PostgreSQL, so an audit trail cannot be edited through
+  the application's own connection.
+- `check_result`: the latest verdict of every data-quality check, so the API can show stewards
+  what failed (and flag served values) without reading Dagster's own storage.
+- `work_order` (业务工单): a submitted form — a snapshot of the values the person confirmed,
+  each with its provenance, signed so a printed copy can be verified against it;
+- `correction_request`: a value the person marked wrong, routed to the department that owns
+  the source system, with its outcome;
+- `notification`: what a person is told on their next visit (work order ready, correction
+  decided).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import Connection, Index, String, delete, insert
+from sqlalchemy.orm import Mapped, mapped_column
+
+from campushub.models.base import Base, BigId, Payload, utcnow
+from campushub.models.quality import Outcome
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_subject", "subject_person_id", "at"),
+        Index("ix_audit_log_actor", "actor", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(36))
+    actor: Mapped[str] = mapped_column(String(64))  # the token's subject (学号/工号)
+    actor_role: Mapped[str] = mapped_column(String(32))
+    purpose: Mapped[str] = mapped_column(String(64))  # "form:<id>", "department:<query>", "steward", "self"
+    subject_person_id: Mapped[int | None]
+    entity: Mapped[str] = mapped_column(String(32))
+    fields: Mapped[list[str]] = mapped_column(Payload)
+    outcome: Mapped[str] = mapped_column(String(8))  # allowed / denied
+    detail: Mapped[str | None] = mapped_column(String(256))
+
+
+class CheckResult(Base):
+    __tablename__ = "check_result"
+
+    entity: Mapped[str] = mapped_column(String(32), primary_key=True)
+    check_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    passed: Mapped[bool]
+    counts: Mapped[dict[str, Any]]
+    samples: Mapped[list[dict[str, Any]]] = mapped_column(Payload)
+    evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class WorkOrder(Base):
+    __tablename__ = "work_order"
+    __table_args__ = (Index("ix_work_order_subject", "subject_person_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)  # random: ids are not guessable
+    form_id: Mapped[str] = mapped_column(String(64))
+    subject_person_id: Mapped[int]
+    requester: Mapped[str] = mapped_column(String(64))  # 学号/工号 of the signed-in person
+    requester_role: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # submitted / processing / ready
+    snapshot: Mapped[dict[str, Any]]
+    verification_code: Mapped[str] = mapped_column(String(19), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class CorrectionRequest(Base):
+    __tablename__ = "correction_request"
+    __table_args__ = (Index("ix_correction_request_status", "owner", "status"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    work_order_id: Mapped[int]
+    subject_person_id: Mapped[int] = mapped_column(index=True)
+    requester: Mapped[str] = mapped_column(String(64))
+    form_id: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    source_key: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))  # the department that owns the source system
+    current_value: Mapped[str | None] = mapped_column(String(256))
+    claimed_value: Mapped[str | None] = mapped_column(String(256))
+    note: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open / accepted / rejected
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[dt.datetime | None]
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    response_note: Mapped[str | None] = mapped_column(String(512))
+
+
+class Notification(Base):
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_person", "person_id", "read_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    person_id: Mapped[int]
+    message: Mapped[str] = mapped_column(String(256))
+    link: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    read_at: Mapped[dt.datetime | None]
+
+
+def record_check_result(
+    connection: Connection, entity: str, check_name: str, outcome: Outcome, run_id: str | None
+) -> None:
+    """Keep the latest verdict of one check (replacing the previous one) for the API to show."""
+    connection.execute(delete(CheckResult).where(CheckResult.entity == entity, CheckResult.check_name == check_name))
+    connection.execute(
+        insert(CheckResult).values(
+            entity=entity,
+            check_name=check_name,
+            passed=outcome.passed,
+            counts={**outcome.counts, **outcome.details},
+            samples=outcome.samples,
+            evaluated_at=utcnow(),
+            run_id=run_id,
+        )
+    )
