@@ -606,3 +606,24 @@ def link_references(connection: Connection) -> None:
     ]
     for statement in statements:
         connection.execute(text(statement))
+    _name_positions(connection)
+
+
+def _name_positions(connection: Connection) -> None:
+    """Staff rows carry HR's position code; its name comes from HR's positions stream (a
+    handful of rows: the latest landed version of each wins)."""
+    raw, staff_table = RawRecord.__table__, Staff.__table__
+    names: dict[str, str] = {}
+    landed = select(raw.c.payload).where(raw.c.source == "hr", raw.c.stream == "positions").order_by(raw.c.id)
+    for (payload,) in connection.execute(landed):
+        if payload.get("code") and payload.get("name"):
+            names[payload["code"]] = norm.person_name(payload["name"])
+    for code, name in names.items():
+        connection.execute(
+            update(staff_table)
+            .where(
+                staff_table.c.position_code == code,
+                or_(staff_table.c.position_name.is_(None), staff_table.c.position_name != name),
+            )
+            .values(position_name=name)
+        )
