@@ -47,7 +47,7 @@ from sqlalchemy import (
 from campushub.graphql.forms import Form
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id, mask_id
-from campushub.models.record_checks import id_number_verdict, record_problems
+from campushub.models.record_checks import record_problems
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import (
     CardAccount,
@@ -64,6 +64,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_table
+from campushub.reference.identity import id_number_disagreement
 
 PASS_SCORE = 60
 CARD_STATUS_HELD = "冻结"  # a frozen account's balance is held, not refunded
@@ -162,7 +163,7 @@ def _id_number(records: Records) -> Outcome:
     except InvalidToken:
         return Missing("身份证件号无法解密，请联系数据管理员 (stored ID number unreadable; a steward is needed)")
     notes = list(records.notes["person"])
-    verdict = id_number_verdict(number, person["birth_date"], person["sex"])
+    verdict = id_number_disagreement(number, person["birth_date"], person["sex"])
     if verdict:
         notes.append(verdict)
     shown = number if records.show_full_id_number else mask_id(number)

@@ -20,7 +20,7 @@ import functools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from campushub.models.landing import SyncState
 from campushub.models.protect import decrypt_id
 from campushub.models.unified import Person
 from campushub.reference.codes import code_table
-from campushub.reference.identity import birth_date_of, id_number_problem, sex_code_of
+from campushub.reference.identity import id_number_disagreement
 
 # ------------------------------------------------------------------------- declared rules
 SAMPLE = 10  # failing keys shown per rule: enough for a steward to start, never a data dump
@@ -500,22 +500,7 @@ def card_chain_problems(connection: Connection, days: tuple[dt.date, dt.date] | 
         {"sample": SAMPLE},
     ).all()
     total = connection.execute(text("SELECT COUNT(*) FROM card_transaction")).scalar_one()
-    failing = int(rows[0].failing) if rows else 0
-    return Outcome(
-        passed=failing == 0,
-        counts={"transactions": int(total), "failing": failing},
-        samples=[
-            {
-                "seq": r.seq,
-                "card_no": r.card_no,
-                "previous_seq": r.previous_seq,
-                "previous_balance_fen": r.previous,
-                "amount_fen": r.amount_fen,
-                "balance_after_fen": r.balance_after_fen,
-            }
-            for r in rows
-        ],
-    )
+    return _chain_outcome(rows, int(total))
 
 
 def _window(days: tuple[dt.date, dt.date]) -> tuple[BindParameter[dt.date], BindParameter[dt.date]]:
@@ -545,10 +530,15 @@ def _chain_problems_in(connection: Connection, days: tuple[dt.date, dt.date]) ->
     total = connection.execute(
         text("SELECT COUNT(*) FROM card_transaction WHERE day BETWEEN :first AND :last").bindparams(*_window(days))
     ).scalar_one()
+    return _chain_outcome(rows, int(total), {"days": f"{days[0].isoformat()}..{days[1].isoformat()}"})
+
+
+def _chain_outcome(rows: Sequence[Any], total: int, details: dict[str, Any] | None = None) -> Outcome:
+    """The balance-chain verdict from the failing rows (each carrying the window's failing count)."""
     failing = int(rows[0].failing) if rows else 0
     return Outcome(
         passed=failing == 0,
-        counts={"transactions": int(total), "failing": failing},
+        counts={"transactions": total, "failing": failing},
         samples=[
             {
                 "seq": r.seq,
@@ -560,7 +550,7 @@ def _chain_problems_in(connection: Connection, days: tuple[dt.date, dt.date]) ->
             }
             for r in rows
         ],
-        details={"days": f"{days[0].isoformat()}..{days[1].isoformat()}"},
+        details=details or {},
     )
 
 
@@ -617,11 +607,7 @@ def id_number_problems(connection: Connection, chunk: int = 5000) -> Outcome:
         except InvalidToken:
             problem: str | None = "id number: cannot be decrypted with the current key"
         else:
-            problem = id_number_problem(number)
-            if problem is None and birth_date is not None and birth_date_of(number) != birth_date:
-                problem = "id number: birth date disagrees with the record"
-            elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
-                problem = "id number: sex digit disagrees with the record"
+            problem = id_number_disagreement(number, birth_date, sex)
         if problem:
             counts[problem] += 1
             if len(samples) < SAMPLE:

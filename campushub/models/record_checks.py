@@ -8,7 +8,6 @@ The rules themselves are not repeated here: they are read from `quality.TABLE_RU
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -16,7 +15,6 @@ from typing import Any
 
 from campushub.models.quality import PATTERNS, TABLE_RULES
 from campushub.reference.codes import code_table
-from campushub.reference.identity import birth_date_of, id_number_problem, sex_code_of
 
 
 @cache
@@ -39,14 +37,3 @@ def record_problems(table: str, row: Mapping[str, Any]) -> list[str]:
         if value is not None and not _pattern(pattern).fullmatch(value):
             problems.append(f"{column} is not a valid {pattern}")
     return problems
-
-
-def id_number_verdict(number: str, birth_date: dt.date | None, sex: str | None) -> str | None:
-    """Why an ID number cannot be trusted for this person, or None: a valid check character and
-    a real birth date (GB 11643), agreeing with the record's birth date and sex."""
-    problem = id_number_problem(number)
-    if problem is None and birth_date is not None and birth_date_of(number) != birth_date:
-        problem = "id number: birth date disagrees with the record"
-    elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
-        problem = "id number: sex digit disagrees with the record"
-    return problem

@@ -54,3 +54,14 @@ def birth_date_of(id_number: str) -> dt.date | None:
 def sex_code_of(id_number: str) -> str:
     """GB/T 2261.1 sex code implied by the sequence digit: odd men ('1'), even women ('2')."""
     return "1" if int(id_number[16]) % 2 else "2"
+
+
+def id_number_disagreement(number: str, birth_date: dt.date | None, sex: str | None) -> str | None:
+    """Why an ID number cannot be trusted for this person, or None: valid (GB 11643), and agreeing
+    with the record's birth date and sex. Like `id_number_problem`, it never repeats the number."""
+    problem = id_number_problem(number)
+    if problem is None and birth_date is not None and birth_date_of(number) != birth_date:
+        problem = "id number: birth date disagrees with the record"
+    elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
+        problem = "id number: sex digit disagrees with the record"
+    return problem
