@@ -16,6 +16,8 @@ ACTIVE_STUDENT = "01"  # 在读
 OFFICES: dict[str, str | None] = {
     "staff": None,
     "college_officer": None,
+    "academic_officer": "教务处",
+    "card_officer": "后勤管理处",
     "finance_officer": "财务处",
     "librarian": "图书馆",
     "hr_officer": "人事处",

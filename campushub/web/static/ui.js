@@ -110,6 +110,8 @@ export const ROLE_LABELS = {
   student: "学生",
   staff: "教职工",
   college_officer: "学院教务员",
+  academic_officer: "教务处",
+  card_officer: "一卡通中心",
   finance_officer: "财务处",
   librarian: "图书馆",
   hr_officer: "人事处",
