@@ -63,10 +63,11 @@ from campushub.graphql.demo import demo_users
 from campushub.models.engine import make_engine
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id
-from campushub.models.record_checks import id_number_verdict, record_problems
+from campushub.models.record_checks import record_problems
 from campushub.models.service import AuditEntry
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import ClassGroup, Conflict, FieldProvenance, Major, OrgUnit, Person, Student
+from campushub.reference.identity import id_number_disagreement
 
 PROJECT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("CAMPUSHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -295,7 +296,9 @@ class BaselineApp:
                 if name == "id_number":
                     number = decrypt_id(person["id_number_cipher"]) if person["id_number_cipher"] else None
                     value = number
-                    flagged = flagged or bool(number and id_number_verdict(number, person["birth_date"], person["sex"]))
+                    flagged = flagged or bool(
+                        number and id_number_disagreement(number, person["birth_date"], person["sex"])
+                    )
                 else:
                     value = person[name]
                     value = value.isoformat() if hasattr(value, "isoformat") else value
