@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     token = commands.add_parser("token", help="mint a development token")
-    token.add_argument("role", help="a role of permissions.yaml: student, staff, college_officer, academic_officer, ...")
+    token.add_argument("role", help="a role of permissions.yaml: student, staff, college_officer, ...")
     token.add_argument("--subject", help="学号 or 工号 (default: the role's demo user)")
     token.add_argument("--org", help="org unit code, for scoped roles with --subject")
     token.add_argument("-v", "--verbose", action="store_true", help="say who the token is for (on stderr)")
