@@ -4,12 +4,12 @@
 
 For every stream: the connector pulls it once while the exact requests it sends are recorded;
 then the raw path replays those requests with the same client and authentication and only
-parses the bodies (JSON, or GBK CSV for the finance export). Both are timed in the same run
-against the same stand-ins, so the ratio holds on a noisy machine. The stand-ins run in a
-separate process, as real source systems would.
+parses the bodies (JSON, or GBK CSV for the finance export), alternating with connector pulls
+on that client. Both are timed in the same run against the same stand-ins, so the ratio holds
+on a noisy machine. The stand-ins run in a separate process, as real source systems would.
 
-Memory: the peak RSS of this (client) process at the chosen scale is compared with a child run
-at a tenth of it; streaming connectors keep it flat.
+Memory: the peak RSS of a client process that only pulls every stream, at the chosen scale and
+at a tenth of it, each in a process of its own; streaming connectors keep it flat.
 """
 
 from __future__ import annotations
@@ -105,12 +105,19 @@ def parse_raw(response: httpx.Response) -> None:
         json.loads(response.content)
 
 
+ROUNDS = 2  # at least: the stand-ins' own pace drifts, and each side gets its best round
+ROUND_SECONDS = 2.0  # small streams get more rounds, until each side has run this long
+MAX_ROUNDS = 7
+
+
 def measure(source_name: str, stream: str) -> tuple[int, float, float]:
     """(records, connector seconds, raw seconds) for one stream.
 
-    Three passes: the connector once to record its requests (and warm the stand-ins' caches,
-    which would otherwise favour whichever pass runs second), the raw replay, then the
-    connector again — that second connector pass is the one compared with the raw one.
+    The connector pulls the stream once to record its requests (and to warm the stand-ins'
+    caches and the client's connection and credentials, which would otherwise favour whichever
+    pass runs second); then raw replays and connector pulls alternate on that same client, and
+    the best of each is compared. Every stream gets two rounds; a small one gets more, until
+    each side has run for a couple of seconds, so a few milliseconds of noise cannot decide it.
     """
     sent: list[httpx.URL] = []
 
@@ -119,13 +126,7 @@ def measure(source_name: str, stream: str) -> tuple[int, float, float]:
         records = sum(len(batch.records) for batch in source.read(stream))
         return records, time.perf_counter() - started
 
-    with open_source(source_name) as source:
-        source.client.event_hooks["request"].append(
-            lambda request: sent.append(request.url) if request.method == "GET" else None
-        )
-        pull(source)
-        source.client.event_hooks["request"].clear()
-
+    def replay(source: HttpSource) -> float:
         started = time.perf_counter()
         for url in sent:
             request = source.client.build_request("GET", url)
@@ -133,10 +134,21 @@ def measure(source_name: str, stream: str) -> tuple[int, float, float]:
             response = source.client.send(request)
             response.raise_for_status()
             parse_raw(response)
-        raw_seconds = time.perf_counter() - started
+        return time.perf_counter() - started
+
     with open_source(source_name) as source:
-        records, connector_seconds = pull(source)
-    return records, connector_seconds, raw_seconds
+        source.client.event_hooks["request"].append(
+            lambda request: sent.append(request.url) if request.method == "GET" else None
+        )
+        pull(source)
+        source.client.event_hooks["request"].clear()
+        raw_times: list[float] = []
+        connector_times: list[float] = []
+        while len(raw_times) < ROUNDS or (len(raw_times) < MAX_ROUNDS and sum(raw_times) < ROUND_SECONDS):
+            raw_times.append(replay(source))
+            records, seconds = pull(source)
+            connector_times.append(seconds)
+    return records, min(connector_times), min(raw_times)
 
 
 def all_streams() -> list[tuple[str, str]]:
@@ -168,33 +180,39 @@ def main() -> None:
     print(f"{'stream':28} {'records':>10} {'connector/s':>12} {'raw/s':>12} {'ratio':>7}")
     worst = 1.0
     pairs = [tuple(pair.split("/", 1)) for pair in args.only] if args.only else all_streams()
-    with stand_ins(args.students), PeakRSS() as rss:
+    with stand_ins(args.students):
         for source_name, stream in pairs:
             records, connector_seconds, raw_seconds = measure(source_name, stream)
             ratio = raw_seconds / connector_seconds
-            if records >= 10_000:
-                worst = min(worst, ratio)
+            worst = min(worst, ratio)
             print(
                 f"{source_name + '/' + stream:28} {records:>10,} {records / connector_seconds:>12,.0f} "
                 f"{records / raw_seconds:>12,.0f} {ratio:>7.0%}",
                 flush=True,
             )
+    print(f"worst ratio: {worst:.0%} (goal >= 70%)")
     if args.only:
         return
-    print(f"worst ratio over streams of 10,000+ records: {worst:.0%} (goal >= 70%)")
-    big = rss.mib
+    # Each scale in a process of its own that only runs the connectors: the comparisons above
+    # hold whole answers in memory (the raw path decodes the export in one piece), and the
+    # peak of one process would leak into the other's.
     small_scale = max(500, args.students // 10)
-    child = subprocess.run(
-        [sys.executable, __file__, "--rss-child", "--students", str(small_scale)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    small = json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    small, big = peak_rss_mib(small_scale), peak_rss_mib(args.students)
     print(
         f"peak RSS of the client: {big:.0f} MiB at {args.students:,} students, {small:.0f} MiB at "
         f"{small_scale:,} students: {big / small:.2f}x (goal <= 1.5x)"
     )
+
+
+def peak_rss_mib(students: int) -> float:
+    """Peak RSS of a fresh process pulling every stream once at this scale."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--rss-child", "--students", str(students)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(json.loads(child.stdout.strip().splitlines()[-1])["peak_rss_mib"])
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ import email.utils
 import json
 import logging
 import random
+import re
 import time
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import Any, TypeVar
+from itertools import filterfalse, repeat
+from operator import itemgetter
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 
@@ -55,9 +58,12 @@ class _Retryable(Exception):
 
 
 # ---------------------------------------------------------------------------- records
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record as the source sent it, with the reasons it cannot be trusted (if any)."""
+class Record(NamedTuple):
+    """One record as the source sent it, with the reasons it cannot be trusted (if any).
+
+    A named tuple rather than a dataclass: one is made for every record of every sync, and a
+    tuple is the cheapest immutable object Python builds.
+    """
 
     stream: str
     key: str | None
@@ -86,61 +92,68 @@ class Batch:
     fetched_at: dt.datetime
 
 
-_FIXED_WIDTH = {"%Y": 4, "%m": 2, "%d": 2, "%H": 2, "%M": 2, "%S": 2}
+# ---------------------------------------------------------------------------- dates
+# What each date directive may look like on the fast path: ASCII digits, fixed width, within
+# its range. Stricter than strptime, so whatever matches strptime accepts too (bar a day past
+# the 28th, checked against its month); anything else goes to strptime, which has the last word.
+_DIRECTIVES = {
+    "%Y": "(?P<Y>(?!0000)[0-9]{4})",
+    "%m": "(?P<m>0[1-9]|1[0-2])",
+    "%d": "(?P<d>0[1-9]|[12][0-9]|3[01])",
+    "%H": "(?:[01][0-9]|2[0-3])",
+    "%M": "[0-5][0-9]",
+    "%S": "[0-5][0-9]",
+    "%f": "[0-9]{1,6}",
+    "%z": "(?:[+-](?:[01][0-9]|2[0-3]):?[0-5][0-9]|Z)",
+}
+_EARLY_DAY = "(?P<d>0[1-9]|1[0-9]|2[0-8])"  # a day every month has
 
 
 @lru_cache(maxsize=64)
-def _fixed_width_checker(fmt: str) -> Callable[[str], bool] | None:
-    """A fast validity check for formats made only of fixed-width numeric directives and
-    literals ('%Y%m%d%H%M%S', '%Y/%m/%d'); None for any other format.
-
-    Timestamps are mostly unique, so caching strptime does not help them; slicing does.
-    """
-    slices: dict[str, slice] = {}
-    literals: list[tuple[int, str]] = []
-    position = index = 0
+def _date_pattern(fmt: str, early_days_only: bool = False) -> re.Pattern[str] | None:
+    """The fast path's regular expression for `fmt`; None for a format it does not cover
+    (other directives, a field set twice, strptime's loose whitespace)."""
+    pattern: list[str] = []
+    seen: set[str] = set()
+    index = 0
     while index < len(fmt):
         directive = fmt[index : index + 2]
-        if directive in _FIXED_WIDTH:
-            slices[directive] = slice(position, position + _FIXED_WIDTH[directive])
-            position, index = position + _FIXED_WIDTH[directive], index + 2
-        elif fmt[index] == "%":
+        if directive in _DIRECTIVES and directive not in seen:
+            pattern.append(_EARLY_DAY if directive == "%d" and early_days_only else _DIRECTIVES[directive])
+            seen.add(directive)
+            index += 2
+        elif fmt[index] == "%" or fmt[index].isspace():
             return None
         else:
-            literals.append((position, fmt[index]))
-            position, index = position + 1, index + 1
-    length = position
-    names = ("%Y", "%m", "%d", "%H", "%M", "%S")
-    present = [name in slices for name in names]
-    if present != sorted(present, reverse=True):  # e.g. '%Y%d': fall back to strptime
+            pattern.append(re.escape(fmt[index]))
+            index += 1
+    return re.compile("".join(pattern))
+
+
+def _fast_date_check(fmt: str) -> Callable[[str], bool] | None:
+    """A check that is sufficient, not necessary: True means strptime would accept the value,
+    False means "ask strptime". None for a format `_date_pattern` does not cover."""
+    compiled = _date_pattern(fmt)
+    if compiled is None:
         return None
-    parts = [slices[name] for name in names if name in slices]
-    tail = (1, 1, 1, 0, 0, 0)[len(parts) :]
-    digits_only = not literals
+    match = compiled.fullmatch
+    if "d" not in compiled.groupindex:  # without a day every match is a real date
+        return lambda value: match(value) is not None
 
     def check(value: str) -> bool:
-        if len(value) != length:
+        found = match(value)
+        if found is None:
             return False
-        if digits_only:
-            if not value.isdigit():
-                return False
-        elif any(value[at] != literal for at, literal in literals) or not all(value[p].isdigit() for p in parts):
-            return False
+        if found["d"] <= "28":
+            return True
+        fields = found.groupdict()  # strptime's defaults for the fields the format leaves out
         try:
-            dt.datetime(*map(int, map(value.__getitem__, parts)), *tail)
+            dt.date(int(fields.get("Y") or 1900), int(fields.get("m") or 1), int(fields["d"]))
         except ValueError:
             return False
         return True
 
     return check
-
-
-@lru_cache(maxsize=65536)
-def _parses(value: str, fmt: str) -> bool:
-    # Cached for the many repeated dates (an export's issue date); the slicing check keeps
-    # the unique ones (transaction times) cheap too.
-    check = _fixed_width_checker(fmt)
-    return check(value) if check else _parses_strptime(value, fmt)
 
 
 def _parses_strptime(value: str, fmt: str) -> bool:
@@ -149,6 +162,32 @@ def _parses_strptime(value: str, fmt: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+KNOWN_DATES = 1024  # valid values remembered per date field
+
+
+def date_check(fmt: str) -> Callable[[str], bool]:
+    """Whether a string is a valid date in `fmt`, exactly as `datetime.strptime` decides.
+
+    strptime costs microseconds a call, so it is the last resort: a regular expression
+    compiled once per format vouches for the usual shape, and valid values already seen (the
+    same due date on every bill of an export) are remembered, up to a bound, since most
+    timestamps are unique.
+    """
+    fast = _fast_date_check(fmt)
+    known: set[str] = set()
+
+    def check(value: str) -> bool:
+        if value in known:
+            return True
+        if not ((fast is not None and fast(value)) or _parses_strptime(value, fmt)):
+            return False
+        if len(known) < KNOWN_DATES:
+            known.add(value)
+        return True
+
+    return check
 
 
 @dataclass(frozen=True)
@@ -164,13 +203,13 @@ class StreamSpec:
     integers: tuple[str, ...] = ()  # e.g. money in fen, sent as strings of digits
 
     def key_of(self, data: Mapping[str, Any]) -> str | None:
-        if len(self.key) == 1:
-            value = data.get(self.key[0])
-            return None if value in (None, "") else str(value)
-        parts = [data.get(name) for name in self.key]
-        if any(part in (None, "") for part in parts):
-            return None
-        return "|".join(str(part) for part in parts)
+        """The record's key: its key fields joined by '|', None when one is missing."""
+        return self.keyer(data)
+
+    @cached_property
+    def keyer(self) -> Callable[[Mapping[str, Any]], str | None]:
+        """`key_of`, compiled once per stream."""
+        return _compile_keyer(self.key)
 
     @cached_property
     def _code_domains(self) -> tuple[tuple[str, Container[str]], ...]:
@@ -178,30 +217,206 @@ class StreamSpec:
             (name, code_table(domain) if isinstance(domain, str) else domain) for name, domain in self.codes.items()
         )
 
+    @cached_property
+    def checker(self) -> Callable[[Mapping[str, Any]], list[str]]:
+        """`problems`, compiled once per stream: the hot path of every sync."""
+        return _compile_checker(self)
+
     def problems(self, data: Mapping[str, Any]) -> list[str]:
         """Every rule the record breaks, each naming the field (never an ID number's value)."""
-        # The hot path of every sync: plain loops over the declared fields, nothing per record
-        # that could be done once per stream.
-        problems = [f"missing {name}" for name in self.required if data.get(name) in (None, "")]
-        for name, fmt in self.dates.items():
-            value = data.get(name)
-            if value not in (None, "") and not (isinstance(value, str) and _parses(value, fmt)):
-                problems.append(f"{name}: {value!r} is not a valid date ({fmt})")
-        for name in self.id_numbers:
-            value = data.get(name)
-            if value not in (None, ""):
+        return self.checker(data)
+
+    @cached_property
+    def clean_page_keys(self) -> Callable[[list[Any]], list[str] | None]:
+        """The keys of a page whose every record keeps every rule, in one column-wise pass;
+        None when that cannot be vouched for, and the page must be checked record by record.
+
+        The usual page is clean, and checking whole columns with C-level builtins costs a
+        fraction of checking record by record. The verdict is only ever "clean" or "don't
+        know": the reasons for a bad record always come from `problems`.
+        """
+        return _compile_page_check(self)
+
+
+_EMPTY = (None, "")
+
+
+def _compile_checker(spec: StreamSpec) -> Callable[[Mapping[str, Any]], list[str]]:
+    """A closure over the spec's rules with everything that can be done once done once: code
+    tables loaded, date formats turned into checks; per record only plain loops remain."""
+    required = spec.required
+    dates = tuple((name, fmt, date_check(fmt)) for name, fmt in spec.dates.items())
+    id_numbers = spec.id_numbers
+    codes = spec._code_domains
+    integers = spec.integers
+
+    def problems(data: Mapping[str, Any]) -> list[str]:
+        # Each loop tests the common, valid case first and builds a message only on failure.
+        get = data.get
+        missing = not all(map(get, required))  # a falsy value may still be present (a 0)
+        found = [f"missing {name}" for name in required if get(name) in _EMPTY] if missing else []
+        for name, fmt, valid in dates:
+            value = get(name)
+            if isinstance(value, str):
+                if value == "" or valid(value):
+                    continue
+            elif value is None:
+                continue
+            found.append(f"{name}: {value!r} is not a valid date ({fmt})")
+        for name in id_numbers:
+            value = get(name)
+            if value not in _EMPTY:
                 problem = id_number_problem(value) if isinstance(value, str) else "id number: not a string"
                 if problem:
-                    problems.append(f"{name}: {problem}")
-        for name, allowed in self._code_domains:
+                    found.append(f"{name}: {problem}")
+        for name, allowed in codes:
+            value = get(name)
+            if _is_code(value, allowed) or value in _EMPTY:
+                continue
+            found.append(f"{name}: unknown code {value!r}")
+        for name in integers:
+            value = get(name)
+            if type(value) is int or value is None or (isinstance(value, str) and (value == "" or _is_integer(value))):
+                continue
+            found.append(f"{name}: {value!r} is not a whole number")
+        return found
+
+    return problems
+
+
+_is_empty = frozenset(_EMPTY).__contains__
+Column = Sequence[Any]
+
+
+def _present(column: Column) -> list[Any]:
+    return list(filterfalse(_is_empty, column))
+
+
+def _all_of_type(values: Iterable[Any], kind: type) -> bool:
+    return set(map(type, values)) <= {kind}
+
+
+def _dates_valid(fmt: str) -> Callable[[Column], bool]:
+    valid = date_check(fmt)
+    early = _date_pattern(fmt, early_days_only=True)
+
+    def dates(column: Column) -> bool:
+        values = _present(column)
+        if not _all_of_type(values, str):
+            return False
+        # The regex vouches, in C, for every value up to the 28th; the rest go one by one.
+        doubtful = values if early is None else filterfalse(early.fullmatch, values)
+        return all(map(valid, doubtful))
+
+    return dates
+
+
+def _id_numbers_valid(column: Column) -> bool:
+    values = _present(column)
+    return _all_of_type(values, str) and not any(map(id_number_problem, values))
+
+
+def _codes_valid(allowed: Container[str]) -> Callable[[Column], bool]:
+    domain = frozenset((*allowed, *_EMPTY)) if isinstance(allowed, Iterable) else None
+
+    def codes(column: Column) -> bool:
+        return domain.issuperset(column) if domain is not None else all(map(allowed.__contains__, _present(column)))
+
+    return codes
+
+
+def _integers_valid(column: Column) -> bool:
+    values = _present(column)
+    kinds = set(map(type, values))
+    # Negative numbers as text are rare: "don't know" sends them through `problems`.
+    return kinds <= {int} or (kinds == {str} and all(map(str.isdigit, values)))
+
+
+def _compile_page_check(spec: StreamSpec) -> Callable[[list[Any]], list[str] | None]:
+    fields = tuple(
+        dict.fromkeys((*spec.key, *spec.required, *spec.dates, *spec.id_numbers, *spec.codes, *spec.integers))
+    )
+    at = {name: n for n, name in enumerate(fields)}
+    rules: list[tuple[int, Callable[[Column], bool]]] = [(at[name], all) for name in spec.required]
+    rules += [(at[name], _dates_valid(fmt)) for name, fmt in spec.dates.items()]
+    rules += [(at[name], _id_numbers_valid) for name in spec.id_numbers]
+    rules += [(at[name], _codes_valid(allowed)) for name, allowed in spec._code_domains]
+    rules += [(at[name], _integers_valid) for name in spec.integers]
+    key_columns = [at[name] for name in spec.key]
+    fetch = itemgetter(*fields)
+
+    def clean_page_keys(rows: list[Any]) -> list[str] | None:
+        if not rows:
+            return []
+        if set(map(type, rows)) != {dict}:
+            return None
+        try:
+            # Rows to columns in C; a row without one of the fields raises KeyError.
+            columns = list(zip(*map(fetch, rows), strict=True)) if len(fields) > 1 else [tuple(map(fetch, rows))]
+            if not all(rule(columns[n]) for n, rule in rules):
+                return None
+            return _column_keys([columns[n] for n in key_columns])
+        except (KeyError, TypeError):  # a missing field, an unhashable value: ask `problems`
+            return None
+
+    return clean_page_keys
+
+
+def _column_keys(parts: list[Column]) -> list[str] | None:
+    """The keys `key_of` would give, when every part is a non-empty string (or, for a
+    one-field key, every part an int); None otherwise."""
+    if not all(map(all, parts)):
+        return None
+    if len(parts) == 1:
+        (column,) = parts
+        if _all_of_type(column, str):
+            return list(column)
+        return list(map(str, column)) if _all_of_type(column, int) else None
+    if not all(_all_of_type(column, str) for column in parts):
+        return None
+    return list(map("|".join, zip(*parts, strict=True)))
+
+
+def _compile_keyer(fields: tuple[str, ...]) -> Callable[[Mapping[str, Any]], str | None]:
+    """The key function of a stream: a C-level fast path for the usual key of non-empty strings,
+    and the general rule (any value but None or "", as text) for the rest."""
+
+    def general(data: Mapping[str, Any]) -> str | None:
+        parts = [data.get(name) for name in fields]
+        if any(part in _EMPTY for part in parts):
+            return None
+        return "|".join(map(str, parts))
+
+    if len(fields) == 1:
+        (name,) = fields
+
+        def single(data: Mapping[str, Any]) -> str | None:
             value = data.get(name)
-            if value not in (None, "") and value not in allowed:
-                problems.append(f"{name}: unknown code {value!r}")
-        for name in self.integers:
-            value = data.get(name)
-            if value not in (None, "") and not (type(value) is int or (isinstance(value, str) and _is_integer(value))):
-                problems.append(f"{name}: {value!r} is not a whole number")
-        return problems
+            if type(value) is str:
+                return value or None
+            return str(value) if type(value) is int else general(data)
+
+        return single
+
+    fetch = itemgetter(*fields)
+
+    def composite(data: Mapping[str, Any]) -> str | None:
+        try:
+            parts = fetch(data)
+            if all(parts):
+                return "|".join(parts)  # TypeError unless every part is a string
+        except (KeyError, TypeError):
+            pass
+        return general(data)
+
+    return composite
+
+
+def _is_code(value: Any, allowed: Container[str]) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # a list or an object where a code belongs: unhashable, and no code
+        return False
 
 
 def _is_integer(value: str) -> bool:
@@ -225,20 +440,41 @@ class PageWindow:
         self.previous: set[str] = set()
         self.current: set[str] = set()
 
-    def page(self, rows: list[dict[str, Any]]) -> list[Record]:
-        self.previous, self.current = self.current, set()
-        return [self.record(row) for row in rows]
+    def page(self, rows: list[Any]) -> list[Record]:
+        """The page's rows checked, in order, as records."""
+        self.previous = self.current
+        keys = self.spec.clean_page_keys(rows)
+        if keys is not None:
+            current = set(keys)
+            if len(current) == len(keys) and current.isdisjoint(self.previous):
+                self.current = current
+                return _clean_records(self.spec.name, keys, rows)
+        self.current = set()
+        return self._checked(rows)
 
-    def record(self, data: dict[str, Any]) -> Record:
-        if not isinstance(data, dict):
-            return Record(self.spec.name, None, {"value": data}, ("not an object",))
-        problems = self.spec.problems(data)
-        key = self.spec.key_of(data)
-        if key is not None:
-            if key in self.previous or key in self.current:
-                problems.append(DUPLICATE)
-            self.current.add(key)
-        return Record(self.spec.name, key, data, tuple(problems))
+    def _checked(self, rows: list[Any]) -> list[Record]:
+        """Record by record, with every reason: pages the column-wise check cannot vouch for."""
+        previous, current = self.previous, self.current
+        name, check, key_of = self.spec.name, self.spec.checker, self.spec.keyer
+        records: list[Record] = []
+        append = records.append
+        for data in rows:
+            if not isinstance(data, dict):
+                append(Record(name, None, {"value": data}, ("not an object",)))
+                continue
+            problems = check(data)
+            key = key_of(data)
+            if key is not None:
+                if key in previous or key in current:
+                    problems.append(DUPLICATE)
+                current.add(key)
+            append(Record(name, key, data, tuple(problems) if problems else ()))
+        return records
+
+
+def _clean_records(stream: str, keys: list[str], rows: list[dict[str, Any]]) -> list[Record]:
+    # tuple.__new__ builds the named tuples in C; calling Record() runs a Python-level __new__.
+    return list(map(tuple.__new__, repeat(Record), zip(repeat(stream), keys, rows, repeat(()))))
 
 
 @dataclass(frozen=True)
@@ -438,16 +674,16 @@ class HttpSource:
         def fetch_page(request: PageRequest) -> T:
             return self.fetch("GET", request.path, parse, page=request.label, params=request.params)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-prefetch") as pool:
-            request: PageRequest | None = first
-            pending = pool.submit(fetch_page, first)
-            while request is not None:
-                parsed = pending.result()
-                upcoming = following(request, parsed)
-                if upcoming is not None:
+        request, parsed = first, fetch_page(first)
+        upcoming = following(request, parsed)
+        if upcoming is not None:  # a one-page stream (most reference data) needs no thread
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-prefetch") as pool:
+                while upcoming is not None:
                     pending = pool.submit(fetch_page, upcoming)
-                yield request, parsed, upcoming is None
-                request = upcoming
+                    yield request, parsed, False
+                    request, parsed = upcoming, pending.result()
+                    upcoming = following(request, parsed)
+        yield request, parsed, True
 
     # -- streams -------------------------------------------------------------
     def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:

@@ -12,6 +12,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Iterator
+from operator import attrgetter, lt, methodcaller
 from typing import Any
 
 import httpx
@@ -57,7 +58,9 @@ STREAMS = {
         ),
     )
 }
-_PARSED = "campushub.card.body"  # response.extensions slot: check() parses once, the parser reuses it
+_PARSED = "campushub.card.body"
+_data_of = attrgetter("data")
+_seq_of = methodcaller("get", "seq")  # response.extensions slot: check() parses once, the parser reuses it
 
 
 def sign(
@@ -207,15 +210,37 @@ class CardSource(HttpSource):
             return page(data["max_seq"]) if data["has_more"] else None
 
         for request, data, _ in self.paginate(page(start), self._transactions_page, following):
-            records = []
-            for record in window.page(data["rows"]):
-                seq = record.data.get("seq")
-                if type(seq) is int:
-                    if seq > highest:
-                        highest = seq
-                    elif not any(problem.startswith("duplicate") for problem in record.problems):
-                        # Already delivered by an earlier sync, or sent after a later seq.
-                        problem = DUPLICATE if seq <= start else f"out of order: seq {seq} after {highest}"
-                        record = Record(record.stream, record.key, record.data, (*record.problems, problem))
-                records.append(record)
+            records = window.page(data["rows"])
+            top = _top_if_ascending(records, highest)
+            if top is None:  # some record is out of order or repeated: find and flag it
+                records, highest = _flag_out_of_order(records, start, highest)
+            else:
+                highest = top
             yield self.batch(spec.name, request.label, records, str(data["max_seq"]))
+
+
+def _flag_out_of_order(records: list[Record], start: int, highest: int) -> tuple[list[Record], int]:
+    """The records with each seq at or below the highest seen flagged, and the new highest."""
+    checked = []
+    for record in records:
+        seq = record.data.get("seq")
+        if type(seq) is int:
+            if seq > highest:
+                highest = seq
+            elif not any(problem.startswith("duplicate") for problem in record.problems):
+                # Already delivered by an earlier sync, or sent after a later seq.
+                problem = DUPLICATE if seq <= start else f"out of order: seq {seq} after {highest}"
+                record = Record(record.stream, record.key, record.data, (*record.problems, problem))
+        checked.append(record)
+    return checked, highest
+
+
+def _top_if_ascending(records: list[Record], highest: int) -> int | None:
+    """The page's last seq when every record has an int seq above the one before it (and the
+    first above `highest`), checked in C; None when some record may need flagging."""
+    seqs = list(map(_seq_of, map(_data_of, records)))
+    if not seqs:
+        return highest
+    if set(map(type, seqs)) != {int} or not all(map(lt, [highest, *seqs], seqs)):
+        return None
+    return seqs[-1]

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat
 from typing import IO, Any
 
 import httpx
@@ -42,7 +42,6 @@ TRAILER = "#合计"  # the export's last line: "#合计,<number of rows>"
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S%z"
 SLASHED = "%Y/%m/%d"
 SPOOL_IN_MEMORY = 4 * 1024 * 1024  # bytes of an export kept in memory before it spills to disk
-SCAN_CHUNK = 64 * 1024  # bytes per step of the check pass: the memory it needs, several times over
 OVERFLOW = "_overflow"  # where values beyond the header's columns are kept, so nothing is dropped
 
 _SPOOL = "campushub.spool"  # response extension that carries a spooled body to the parser
@@ -100,37 +99,45 @@ def _trailer_rows(spool: IO[bytes]) -> int:
     return int(count)
 
 
-def _scan(spool: IO[bytes]) -> tuple[int, bool]:
-    """(line breaks that end a CSV record, whether every byte decodes) in one pass over the bytes.
+class _ExportScan:
+    """Counts the line breaks that end a CSV record, and whether every byte decodes, chunk by
+    chunk as the export arrives: the work is done while the source is still writing the file.
 
     Breaks inside quoted fields do not end a record. Counting on the bytes is safe: a GBK
     character's second byte is 0x40 or above, so neither a line feed nor a double quote can
     hide inside one. Decoding here, in C, spares a per-value check for U+FFFD in the common
     case of a clean file.
     """
-    spool.seek(0)
-    decoder = codecs.getincrementaldecoder(ENCODING)()
-    ends, quoted, decodes = 0, False, True
-    while chunk := spool.read(SCAN_CHUNK):
-        if decodes:
+
+    def __init__(self) -> None:
+        self.ends = 0
+        self.decodes = True
+        self._quoted = False
+        self._decoder = codecs.getincrementaldecoder(ENCODING)()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.decodes:
             try:
-                decoder.decode(chunk)
+                self._decoder.decode(chunk)
             except UnicodeDecodeError:
-                decodes = False
-        if not quoted and b'"' not in chunk:
-            ends += chunk.count(b"\n")
-            continue
+                self.decodes = False
+        if not self._quoted and b'"' not in chunk:
+            self.ends += chunk.count(b"\n")
+            return
         lines = chunk.split(b"\n")
         for line in lines[:-1]:
-            quoted ^= line.count(b'"') % 2 == 1
-            ends += not quoted
-        quoted ^= lines[-1].count(b'"') % 2 == 1
-    if decodes:
-        try:
-            decoder.decode(b"", final=True)  # a file ending inside a character
-        except UnicodeDecodeError:
-            decodes = False
-    return ends, decodes
+            self._quoted ^= line.count(b'"') % 2 == 1
+            self.ends += not self._quoted
+        self._quoted ^= lines[-1].count(b'"') % 2 == 1
+
+    def finish(self) -> tuple[int, bool]:
+        """(record-ending line breaks, whether every byte decodes) of everything fed."""
+        if self.decodes:
+            try:
+                self._decoder.decode(b"", final=True)  # a file ending inside a character
+            except UnicodeDecodeError:
+                self.decodes = False
+        return self.ends, self.decodes
 
 
 def _row_problems(values: list[str], width: int, check_bytes: bool) -> list[str]:
@@ -140,6 +147,27 @@ def _row_problems(values: list[str], width: int, check_bytes: bool) -> list[str]
     if check_bytes and any("\ufffd" in value for value in values):
         problems.append(f"bytes that are not valid {ENCODING.upper()}")
     return problems
+
+
+def _rows(
+    header: list[str], batch: list[list[str]], check_bytes: bool
+) -> tuple[list[dict[str, Any]], dict[int, list[str]]]:
+    """The batch's rows as dicts by column name, and the problems of the rows that have any
+    (by position): a wrong number of fields, bytes that are not GBK."""
+    width = len(header)
+    if not check_bytes and set(map(len, batch)) <= {width}:  # the usual batch: built in C
+        return list(map(dict, map(zip, repeat(header), batch))), {}
+    rows: list[dict[str, Any]] = []
+    flagged: dict[int, list[str]] = {}
+    for values in batch:
+        data = dict(zip(header, values, strict=False))
+        problems = _row_problems(values, width, check_bytes)
+        if problems:
+            flagged[len(rows)] = problems
+        if len(values) > width:
+            data[OVERFLOW] = values[width:]
+        rows.append(data)
+    return rows, flagged
 
 
 class FinanceSource(HttpSource):
@@ -199,9 +227,11 @@ class FinanceSource(HttpSource):
         response = self.client.send(request, stream=True)
         # Not a `with`: on success the file outlives this call, owned by the parser.
         spool = tempfile.SpooledTemporaryFile(max_size=self.spool_in_memory)  # noqa: SIM115
+        scan = _ExportScan()
         try:
             for chunk in response.iter_bytes():  # iter_bytes, not iter_raw: a gzipped export arrives decompressed
                 spool.write(chunk)
+                scan.feed(chunk)  # while the source writes the rest
                 if time.monotonic() > deadline:
                     raise httpx.ReadTimeout(f"deadline of {self.settings.deadline}s exceeded", request=request)
         except httpx.DecodingError as exc:
@@ -215,7 +245,7 @@ class FinanceSource(HttpSource):
             response.close()
         spool.seek(0)
         if response.status_code == 200:
-            response.extensions[_SPOOL] = spool
+            response.extensions[_SPOOL] = spool, scan.finish()
         else:
             with spool:  # a 304 or an error page: small, and read by nothing but the status checks
                 response._content = spool.read()
@@ -228,10 +258,10 @@ class FinanceSource(HttpSource):
         """
         if response.status_code == 304:
             return None
-        spool: IO[bytes] = response.extensions.pop(_SPOOL)
+        spool: IO[bytes]
+        spool, (ends, decodes) = response.extensions.pop(_SPOOL)
         try:
             promised = _trailer_rows(spool)
-            ends, decodes = _scan(spool)
             found = ends - 2  # the header and the trailer end records too
             if found != promised:
                 raise ValueError(f"export has {found} rows, its trailer says {promised}")
@@ -268,21 +298,10 @@ class FinanceSource(HttpSource):
         with export.text:
             window = PageWindow(STREAMS["fee_bills"])
             header, undecodable = export.header, export.undecodable
-            width = len(header)
             done = 0
             while True:
-                rows: list[dict[str, Any]] = []
-                flagged: dict[int, list[str]] = {}
                 wanted = min(self.batch_size, export.rows - done)
-                for values in islice(export.reader, wanted):
-                    data = dict(zip(header, values, strict=False))
-                    if len(values) != width or undecodable:  # the per-row hot path skips the call
-                        problems = _row_problems(values, width, undecodable)
-                        if problems:
-                            flagged[len(rows)] = problems
-                        if len(values) > width:
-                            data[OVERFLOW] = values[width:]
-                    rows.append(data)
+                rows, flagged = _rows(header, list(islice(export.reader, wanted)), undecodable)
                 first, done = done + 1, done + len(rows)
                 last = done >= export.rows
                 # The bytes agreed with the trailer, the parser must too (a lone \r ends a CSV record
