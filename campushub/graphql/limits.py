@@ -146,6 +146,20 @@ def _limit_error(message: str) -> GraphQLError:
 MAX_KEY = 2**63 - 1
 
 
+def bad_input(message: str) -> GraphQLError:
+    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
+
+
+def bounded_text(value: str | None, what: str, limit: int, required: bool) -> str | None:
+    """Free text a person typed: trimmed, required when asked, never longer than `limit`."""
+    text = (value or "").strip()
+    if required and not text:
+        raise bad_input(f"{what}: required")
+    if len(text) > limit:
+        raise bad_input(f"{what}: at most {limit} characters")
+    return text or None
+
+
 def parse_key(value: str) -> int:
     """A numeric id or cursor key a client sent: ASCII digits within a BIGINT, else ValueError.
     (`str.isdigit` alone also accepts "²" and other digits `int` refuses.)"""

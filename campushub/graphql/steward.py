@@ -17,7 +17,7 @@ from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import func, select, update
 
 from campushub.graphql.context import Forbidden, RequestContext
-from campushub.graphql.limits import parse_key
+from campushub.graphql.limits import bounded_text, parse_key
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.landing import QuarantinedRecord, SyncRun, SyncState
 from campushub.models.protect import mask_id
@@ -346,7 +346,6 @@ def _record_id(value: str) -> int:
 
 
 def _resolution_note(resolution: str) -> str:
-    note = resolution.strip()
-    if not 1 <= len(note) <= 256:
-        raise GraphQLError("resolution: 1 to 256 characters, please", extensions={"code": "BAD_USER_INPUT"})
+    note = bounded_text(resolution, "resolution", 256, required=True)
+    assert note is not None  # required
     return note

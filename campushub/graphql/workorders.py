@@ -33,10 +33,10 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 
 from campushub.graphql.context import Forbidden, RequestContext
 from campushub.graphql.forms import Form, catalog
-from campushub.graphql.limits import parse_key
+from campushub.graphql.limits import bad_input, bounded_text, parse_key
 from campushub.graphql.prefill import Filled, entities_of, fill, load_subjects
 from campushub.graphql.records import PageInfo, encode_cursor, page
-from campushub.models.protect import decrypt_id, encrypt_id
+from campushub.models.protect import decrypt_id, encrypt_id, mask_id
 from campushub.models.secrets import secret
 from campushub.models.service import CorrectionRequest, Notification, WorkOrder
 from campushub.models.sources import LABELS, OWNERS
@@ -52,10 +52,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 STATUS_LABELS = {"submitted": "已提交", "processing": "办理中", "ready": "可领取"}
 CODE_SHAPE = re.compile(r"^[A-Z2-7]{4}(-[A-Z2-7]{4}){3}$")
-
-
-def bad_input(message: str) -> GraphQLError:
-    return GraphQLError(message, extensions={"code": "BAD_USER_INPUT"})
 
 
 # ---------------------------------------------------------------------------- signing
@@ -325,15 +321,6 @@ def corrections_to_decide(context: RequestContext, status: str, first: int, afte
 
 
 # --------------------------------------------------------------------------- mutations
-def _text(value: str | None, what: str, limit: int, required: bool) -> str | None:
-    text = (value or "").strip()
-    if required and not text:
-        raise bad_input(f"{what}: required")
-    if len(text) > limit:
-        raise bad_input(f"{what}: at most {limit} characters")
-    return text or None
-
-
 def _answers_by_field(form: Form, answers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     by_name: dict[str, dict[str, Any]] = {}
     for answer in answers:
@@ -373,8 +360,8 @@ def _snapshot_field(form_field: Any, outcome: Any, answer: dict[str, Any]) -> tu
             field["value"] = field["display"] = _masked(outcome.value)
         return field, False
     corrected = isinstance(outcome, Filled)
-    note = _text(answer.get("note"), f"{label}: note", NOTE_MAX, required=corrected)
-    value = _text(answer.get("value"), f"{label}: value", VALUE_MAX, required=True)
+    note = bounded_text(answer.get("note"), f"{label}: note", NOTE_MAX, required=corrected)
+    value = bounded_text(answer.get("value"), f"{label}: value", VALUE_MAX, required=True)
     assert value is not None
     field = {
         **base,
@@ -396,8 +383,6 @@ def _snapshot_field(form_field: Any, outcome: Any, answer: dict[str, Any]) -> tu
 
 
 def _masked(number: str) -> str:
-    from campushub.models.protect import mask_id
-
     return mask_id(number) if len(number) > 7 else "*" * len(number)
 
 
@@ -508,7 +493,7 @@ def decide_correction(context: RequestContext, correction_id: str, accept: bool,
         key = parse_key(correction_id)
     except ValueError:
         raise bad_input("id must be a number") from None
-    response = _text(note, "note", NOTE_MAX, required=True)
+    response = bounded_text(note, "note", NOTE_MAX, required=True)
     query = select(CorrectionRequest.__table__).where(CorrectionRequest.id == key, CorrectionRequest.status == "open")
     if department != "*":
         query = query.where(CorrectionRequest.owner == department)
