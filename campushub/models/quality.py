@@ -404,13 +404,15 @@ def card_balance_problems(connection: Connection, days: tuple[dt.date, dt.date] 
 
     Accounts and transactions are pulled separately, so the two can be out of step for a
     moment; those cards are left for the next run instead of failing it: transactions later
-    than the accounts' snapshot are not yet in the balance (so the last transaction *at or
-    before* the snapshot is compared), and an account changed after the newest transaction
+    than the accounts' snapshot are not yet in the balance (so the last transaction *before*
+    the snapshot is compared: the snapshot is the exclusive end of the accounts' update-time
+    window, and a transaction stamped to the second in that second may be later than every
+    account change served), and an account changed after the newest transaction
     held may owe its balance to transactions not loaded yet (counted as `unsettled`).
     """
     snapshot = account_snapshot(connection)
     # Bound through the same UTC type the columns use, so SQLite's text comparison lines up.
-    cutoff = "" if snapshot is None else "WHERE t.at <= :snapshot"
+    cutoff = "" if snapshot is None else "WHERE t.at < :snapshot"
     statement = (
         _last_transactions_in(snapshot is not None)
         if _windowed(days)
@@ -458,7 +460,7 @@ def card_balance_problems(connection: Connection, days: tuple[dt.date, dt.date] 
 def _last_transactions_in(before_snapshot: bool) -> TextClause:
     """`card_balance_problems`' rows for the cards with a transaction in [:first, :last]: each
     card's last transaction found through the (card_no, seq) index instead of ranking them all."""
-    cutoff = "AND l.at <= :snapshot" if before_snapshot else ""
+    cutoff = "AND l.at < :snapshot" if before_snapshot else ""
     return text(
         f"""WITH ledger AS (SELECT MAX(at) AS ends FROM card_transaction)
             SELECT a.card_no, a.balance_fen, t.balance_after_fen, t.seq,
