@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -12,10 +15,13 @@ from sqlalchemy import inspect
 
 from campushub.models import Base
 from campushub.models import normalize as norm
+from campushub.models.ingest import prefetched
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
 from tests.databases import DATABASES, fresh_database
+
+CST = dt.timezone(dt.timedelta(hours=8))
 
 
 @DATABASES
@@ -56,6 +62,50 @@ def test_normalisers_reject_with_reasons() -> None:
     assert norm.sex_from_text("女") == "2"
     with pytest.raises(ValueError):
         norm.code("sex", "7")
+
+
+@pytest.mark.parametrize("value", ["20261127150702", "20260230000000", "20261127250000", "2026112715070x", ""])
+def test_compact_timestamps_read_by_hand_as_strptime_reads_them(value: str) -> None:
+    def by_strptime() -> dt.datetime:
+        return dt.datetime.strptime(value, norm.COMPACT).replace(tzinfo=CST)
+
+    try:
+        expected = by_strptime()
+    except ValueError:
+        with pytest.raises(ValueError, match="not a timestamp in the form"):
+            norm.timestamp(value, norm.COMPACT, CST)
+    else:
+        assert norm.timestamp(value, norm.COMPACT, CST) == expected
+
+
+def test_prefetched_pages_keep_order_errors_and_stop_when_the_consumer_does() -> None:
+    fetched: list[int] = []
+    closed = threading.Event()
+
+    def pages(count: int, fail_at: int | None = None) -> Iterator[int]:
+        try:
+            for page in range(count):
+                if page == fail_at:
+                    raise ConnectionError(f"page {page}")
+                fetched.append(page)
+                yield page
+        finally:
+            closed.set()
+
+    assert list(prefetched(pages(50))) == list(range(50))
+
+    seen = []
+    with pytest.raises(ConnectionError, match="page 7"):
+        for page in prefetched(pages(50, fail_at=7)):
+            seen.append(page)
+    assert seen == list(range(7))  # every page before the failure, in order
+
+    fetched.clear()
+    closed.clear()
+    with closing(prefetched(pages(1000), depth=2)) as reading:
+        assert next(reading) == 0
+    assert closed.is_set()  # the reader was closed on its own thread …
+    assert len(fetched) <= 1 + 2 + 1  # … having read ahead by the depth and the page in flight, no more
 
 
 def test_survivorship_priority_and_recency() -> None:

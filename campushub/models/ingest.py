@@ -11,10 +11,13 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -304,6 +307,60 @@ def land_batches(
             result.cursor_after = batch.cursor
 
 
+T = TypeVar("T")
+PREFETCH_PAGES = 2
+
+
+def prefetched(pages: Iterator[T], depth: int = PREFETCH_PAGES) -> Generator[T, None, None]:
+    """`pages`, read ahead on a thread by up to `depth` pages.
+
+    The source system builds its next page while this process lands the last one, so the two
+    overlap instead of taking turns (the database and socket calls release the GIL). Order,
+    errors and the end are the reader's own: a reader's exception is raised here, at the page
+    it would have been raised at. When the consumer stops early, the reader is closed on its
+    thread after the page in flight, and nothing more is fetched.
+    """
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def put(kind: str, item: Any) -> bool:
+        while not stopped.is_set():
+            try:
+                handoff.put((kind, item), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_ahead() -> None:
+        try:
+            for page in pages:
+                if not put("page", page):
+                    break
+            else:
+                put("end", None)
+        except BaseException as error:  # handed to the consumer, who raises it
+            put("error", error)
+        finally:
+            close = getattr(pages, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read_ahead, name="campushub-prefetch", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stopped.set()
+        reader.join()
+
+
 class StreamReader(Protocol):
     name: str
 
@@ -337,8 +394,7 @@ def land_stream(
     seen: set[str] | None = set() if reconcile else None
     started_at = utcnow()
     try:
-        with engine.begin() as connection:
-            batches = reader.read(stream, result.cursor_before)
+        with engine.begin() as connection, closing(prefetched(reader.read(stream, result.cursor_before))) as batches:
             land_batches(
                 connection,
                 source,

@@ -47,10 +47,23 @@ def date(value: str, fmt: str) -> dt.date:
         raise ValueError(f"{value!r} is not a date in the form {fmt}") from None
 
 
+COMPACT = "%Y%m%d%H%M%S"
+_COMPACT_DIGITS = re.compile(r"[0-9]{14}")
+
+
+def _strptime(value: str, fmt: str) -> dt.datetime:
+    # The card system's compact stamps come by the million: read by hand at a fifth of
+    # strptime's cost (which consults the locale on every call).
+    if fmt == COMPACT and _COMPACT_DIGITS.fullmatch(value):
+        v = value
+        return dt.datetime(int(v[:4]), int(v[4:6]), int(v[6:8]), int(v[8:10]), int(v[10:12]), int(v[12:]))
+    return dt.datetime.strptime(value, fmt)
+
+
 def timestamp(value: str, fmt: str | None = None, tz: dt.tzinfo | None = None) -> dt.datetime:
     """ISO 8601 by default; with `fmt` (e.g. '%Y%m%d%H%M%S') in the source's zone `tz`."""
     try:
-        parsed = dt.datetime.strptime(value, fmt) if fmt else dt.datetime.fromisoformat(value)
+        parsed = _strptime(value, fmt) if fmt else dt.datetime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a timestamp{f' in the form {fmt}' if fmt else ''}") from None
     if parsed.tzinfo is None:

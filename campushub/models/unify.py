@@ -146,7 +146,7 @@ def staff(p: dict[str, Any]) -> Mapped:
 
 def card_account(p: dict[str, Any]) -> Mapped:
     kind = {"1": "student", "2": "staff"}[p["id_type"]]
-    updated = norm.timestamp(p["update_time"], "%Y%m%d%H%M%S", CST)
+    updated = norm.timestamp(p["update_time"], norm.COMPACT, CST)
     row = {
         "card_no": p["card_no"],
         "holder_kind": kind,
@@ -173,7 +173,7 @@ def card_account(p: dict[str, Any]) -> Mapped:
 
 
 def card_transaction(p: dict[str, Any]) -> Mapped:
-    at = norm.timestamp(p["txn_time"], "%Y%m%d%H%M%S", CST)
+    at = norm.timestamp(p["txn_time"], norm.COMPACT, CST)
     return Mapped(
         {
             "seq": int(p["seq"]),
