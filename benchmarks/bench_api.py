@@ -15,6 +15,15 @@ check, ONE hand-written SQL statement, the same audit row written before the ans
 same JSON — so the ratio is what GraphQL and the hub's general loaders cost. Both answers are
 compared field by field on a sample, and the audit rows counted: one per request, no fewer.
 
+Two kinds of load, each on both servers:
+- saturation (closed loop): each of the 32 clients sends its next request as soon as the last
+  is answered — the most requests per second the server gives, and the latency at that rate;
+- the goal's rate (open loop, `--rate`, 800 req/s): the 32 connections send on a fixed schedule
+  and latency counts from each request's scheduled time, so a server that falls behind is
+  charged for the wait (no coordinated omission). With closed-loop clients, p99 <= 25 ms and
+  >= 800 req/s could only hold together above 32 / 0.025 s = 1,280 req/s (Little's law), so the
+  latency goal is measured where the issue puts it: at 800 req/s.
+
 The load generator is asyncio over raw sockets (keep-alive HTTP/1.1, pre-built requests): it
 runs on the same machine and competes with the server for CPU, so its CPU use is reported
 next to the server's.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -388,16 +398,26 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def _drive(port: int, requests: Sequence[bytes], concurrency: int) -> tuple[list[float], list[str], float]:
+async def _drive(
+    port: int, requests: Sequence[bytes], concurrency: int, rate: float | None
+) -> tuple[list[float], list[str], float]:
+    """Send `requests` over `concurrency` connections: back to back, or at `rate` per second in
+    all (then each latency counts from the request's scheduled time)."""
     latencies: list[float] = []
     failures: list[str] = []
     queue = iter(requests)
+    tickets = itertools.count()
+    began = time.perf_counter() + 0.05  # every connection open before the first tick
 
     async def client() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             for request in queue:  # one shared iterator: the clients split the bounded work
-                started = time.perf_counter()
+                if rate is None:
+                    started = time.perf_counter()
+                else:
+                    started = began + next(tickets) / rate
+                    await asyncio.sleep(max(0.0, started - time.perf_counter()))
                 writer.write(request)
                 async with asyncio.timeout(30):
                     status, body = await _read_response(reader)
@@ -412,9 +432,9 @@ async def _drive(port: int, requests: Sequence[bytes], concurrency: int) -> tupl
     return latencies, failures, time.perf_counter() - started
 
 
-def load(server: Server, requests: Sequence[bytes], concurrency: int) -> LoadResult:
+def load(server: Server, requests: Sequence[bytes], concurrency: int, rate: float | None = None) -> LoadResult:
     client_before, server_before = time.process_time(), server.cpu_seconds()
-    latencies, failures, seconds = asyncio.run(_drive(server.port, requests, concurrency))
+    latencies, failures, seconds = asyncio.run(_drive(server.port, requests, concurrency, rate))
     return LoadResult(
         latencies, seconds, time.process_time() - client_before, server.cpu_seconds() - server_before, failures
     )
@@ -468,20 +488,22 @@ def compare_answers(api: Server, baseline: Server, tokens: Sequence[str]) -> int
 def prefill_load(
     api: Server, baseline: Server, engine: Engine, tokens: Sequence[str], args: argparse.Namespace
 ) -> dict[str, LoadResult]:
+    """Each server under saturation and at `args.rate`: {"api", "baseline", "api@rate", "baseline@rate"}."""
     rng = random.Random(args.seed)
-    results: dict[str, list[LoadResult]] = {"api": [], "baseline": []}
+    results: dict[str, list[LoadResult]] = {}
     for server in (api, baseline):  # warm-up: connection pools, caches, the document cache
         warm = [http_request(server.port, rng.choice(tokens), PREFILL) for _ in range(args.warmup)]
         load(server, warm, args.concurrency)
     for _ in range(args.rounds):  # interleaved, so a noisy neighbour hits both alike
-        for name, server in (("baseline", baseline), ("api", api)):
-            batch = [http_request(server.port, rng.choice(tokens), PREFILL) for _ in range(args.requests)]
-            before = audit_rows(engine)
-            result = load(server, batch, args.concurrency)
-            written = audit_rows(engine) - before
-            if written != args.requests:
-                result.failures.append(f"{written} audit rows for {args.requests} requests")
-            results[name].append(result)
+        for rate in (None, args.rate):
+            for name, server in (("baseline", baseline), ("api", api)):
+                batch = [http_request(server.port, rng.choice(tokens), PREFILL) for _ in range(args.requests)]
+                before = audit_rows(engine)
+                result = load(server, batch, args.concurrency, rate)
+                written = audit_rows(engine) - before
+                if written != args.requests:
+                    result.failures.append(f"{written} audit rows for {args.requests} requests")
+                results.setdefault(name if rate is None else f"{name}@rate", []).append(result)
     return {name: _merged(runs) for name, runs in results.items()}
 
 
@@ -538,7 +560,7 @@ def department_page(engine: Engine, api: Server, repeats: int) -> list[PageFigur
             for statement in statements:
                 print(f"#   {role}: {' '.join(statement.split())[:160]}", file=sys.stderr)
         request = http_request(api.port, token, DEPARTMENT_PAGE)
-        latencies, failures, _ = asyncio.run(_drive(api.port, [request] * repeats, 1))  # one keep-alive client
+        latencies, failures, _ = asyncio.run(_drive(api.port, [request] * repeats, 1, None))  # one keep-alive client
         if failures:
             raise RuntimeError(f"department page as {role} over HTTP: {failures[0]}")
         timings = sorted(latency * 1000 for latency in latencies)
@@ -574,30 +596,37 @@ def bench(hub: Hub, args: argparse.Namespace) -> None:
 def report(
     kind: str, args: argparse.Namespace, differences: int, results: dict[str, LoadResult], pages: list[PageFigures]
 ) -> None:
-    api, baseline = results["api"], results["baseline"]
     requests = args.requests * args.rounds
     print(f"\n## {kind}: prefill({FORM_ID}), {args.concurrency} clients, {args.workers} uvicorn workers")
-    print(f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'server CPU':>11} {'client CPU':>11}")
-    for name, result in (("graphql", api), ("baseline", baseline)):
+    for title, suffix in (("saturation: closed loop", ""), (f"open loop at {args.rate:,.0f} req/s offered", "@rate")):
+        api, baseline = results[f"api{suffix}"], results[f"baseline{suffix}"]
+        print(f"# {title}")
+        print(f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'server CPU':>11} {'client CPU':>11}")
+        for name, result in (("graphql", api), ("baseline", baseline)):
+            print(
+                f"{name:10} {result.percentile(0.50):>8.2f} {result.percentile(0.99):>8.2f} {result.rps:>8.0f} "
+                f"{result.server_cpu / result.seconds:>10.0%} {result.client_cpu / result.seconds:>10.0%}"
+            )
         print(
-            f"{name:10} {result.percentile(0.50):>8.2f} {result.percentile(0.99):>8.2f} {result.rps:>8.0f} "
-            f"{result.server_cpu / result.seconds:>10.0%} {result.client_cpu / result.seconds:>10.0%}"
+            f"ratio      {api.percentile(0.50) / baseline.percentile(0.50):>8.2f} "
+            f"{api.percentile(0.99) / baseline.percentile(0.99):>8.2f} {api.rps / baseline.rps:>8.2f}"
+            f"   (graphql / baseline; CPU as a share of one core)"
         )
+        print(
+            f"server CPU per request: graphql {api.server_cpu / requests * 1000:.2f} ms, "
+            f"baseline {baseline.server_cpu / requests * 1000:.2f} ms; {requests:,} requests each"
+        )
+        failures = api.failures + baseline.failures
+        if failures:
+            print(f"FAILURES ({len(failures)}): {failures[:3]}")
+    print(f"{args.compare} answers compared field by field: {differences} fields differ")
+    paced = results["api@rate"]
+    # At the goal's rate the server must keep up (allowing the schedule's own jitter) and answer in time.
+    holds = args.rate >= GOAL_RPS and paced.rps >= 0.98 * args.rate and paced.percentile(0.99) <= GOAL_P99_MS
     print(
-        f"ratio      {api.percentile(0.50) / baseline.percentile(0.50):>8.2f} "
-        f"{api.percentile(0.99) / baseline.percentile(0.99):>8.2f} {api.rps / baseline.rps:>8.2f}"
-        f"   (graphql / baseline; CPU as a share of one core)"
+        f"goal p99 <= {GOAL_P99_MS:.0f} ms at >= {GOAL_RPS:.0f} req/s: {'holds' if holds else 'MISSED'} "
+        f"(p99 {paced.percentile(0.99):.1f} ms at {paced.rps:,.0f} req/s)"
     )
-    print(
-        f"server CPU per request: graphql {api.server_cpu / requests * 1000:.2f} ms, "
-        f"baseline {baseline.server_cpu / requests * 1000:.2f} ms; "
-        f"{requests:,} requests each, {args.compare} answers compared: {differences} fields differ"
-    )
-    failures = api.failures + baseline.failures
-    if failures:
-        print(f"FAILURES ({len(failures)}): {failures[:3]}")
-    holds = api.percentile(0.99) <= GOAL_P99_MS and api.rps >= GOAL_RPS
-    print(f"goal p99 <= {GOAL_P99_MS:.0f} ms and >= {GOAL_RPS:.0f} req/s: {'holds' if holds else 'MISSED'}")
     print(f"\n## {kind}: department page, 100 students with major, class and fee status")
     for page in pages:
         verdict = "holds" if page.statements <= GOAL_STATEMENTS else "MISSED"
@@ -615,6 +644,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep built layers here and reuse them on later runs")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers (default: one per core of two)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=GOAL_RPS, help="open-loop rate, req/s in all")
     parser.add_argument("--requests", type=int, default=10_000, help="per round and server")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1_000)

@@ -6,6 +6,7 @@ Regenerate after a deliberate change of the API with
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -40,3 +41,28 @@ def test_the_file_is_a_valid_schema_with_the_api_roots() -> None:
 def test_cli_prints_the_sdl(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     assert capsys.readouterr().out == schema_sdl()
+
+
+def test_every_resolver_is_synchronous() -> None:
+    """The app tells graphql-core that no value is awaitable (app._never_awaitable): a coroutine
+    resolver would be answered as a broken value, so none may exist."""
+    from graphql import GraphQLObjectType
+
+    from campushub.graphql.schema import SCHEMA
+
+    resolvers = [
+        (f"{type_.name}.{name}", definition.resolve)
+        for type_ in SCHEMA.graphql_schema.type_map.values()
+        if isinstance(type_, GraphQLObjectType) and not type_.name.startswith("__")
+        for name, definition in type_.fields.items()
+        if definition.resolve is not None
+    ]
+    assert len(resolvers) > 20
+    asynchronous = [
+        name
+        for name, resolve in resolvers
+        if inspect.iscoroutinefunction(resolve)
+        or inspect.isasyncgenfunction(resolve)
+        or inspect.iscoroutinefunction(getattr(resolve, "func", None))  # functools.partial
+    ]
+    assert asynchronous == []
