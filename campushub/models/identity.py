@@ -271,14 +271,25 @@ _ROLE_KEYS = {
 }
 
 
+# Persons whose golden fields are worked out and written at a time: a first load touches every
+# person, and their provenance rows (one per field) would otherwise all sit in memory at once.
+SURVIVE_CHUNK = 5_000
+
+
 def _survive(connection: Connection, result: ResolveResult) -> None:
     """Golden fields for every touched person, with provenance and the disagreements logged."""
+    touched = sorted(result.touched_persons)
+    for start in range(0, len(touched), SURVIVE_CHUNK):
+        _survive_persons(connection, touched[start : start + SURVIVE_CHUNK], result)
+
+
+def _survive_persons(connection: Connection, person_ids: list[int], result: ResolveResult) -> None:
     members_by_person: dict[int, list[Row[Any]]] = defaultdict(list)
-    for member in _select_in(connection, SourceIdentity.person_id, result.touched_persons):
+    for member in _select_in(connection, SourceIdentity.person_id, person_ids):
         members_by_person[member.person_id].append(member)
     provenance: list[dict[str, Any]] = []
     person_updates: list[dict[str, Any]] = []
-    for person_id in sorted(result.touched_persons):
+    for person_id in person_ids:
         members = members_by_person.get(person_id, [])
         values: dict[str, Any] = {}
         for name in PERSON_FIELDS:

@@ -23,6 +23,8 @@ class RawRecord(Base):
     __table_args__ = (
         Index("ix_raw_record_key", "source", "stream", "source_key"),
         Index("ix_raw_record_day", "source", "stream", "event_day"),
+        # What the unified layer reads: a stream's records landed after its watermark, in order.
+        Index("ix_raw_record_stream_id", "source", "stream", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
