@@ -330,6 +330,36 @@ def test_column_expectations_catch_every_kind_of_bad_value(layer: Layer) -> None
     ]
 
 
+def test_a_partition_runs_column_expectations_read_its_days_alone(layer: Layer) -> None:
+    """A copy without constraints, so a transaction can lack its amount at all."""
+    engine = layer.engine
+    seq, day = one(engine, "SELECT seq, day FROM card_transaction ORDER BY seq DESC LIMIT 1")
+    day = dt.date.fromisoformat(str(day))
+    on_the_day = scalar(engine, "SELECT COUNT(*) FROM card_transaction WHERE day = :day", day=day)
+    total = scalar(engine, "SELECT COUNT(*) FROM card_transaction")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE qc_card_transaction AS SELECT * FROM card_transaction"))
+            connection.execute(text(f"UPDATE qc_card_transaction SET amount_fen = NULL WHERE seq = {seq}"))
+
+        def validate(days: tuple[dt.date, dt.date] | None) -> quality.Outcome:
+            return quality.column_expectations(engine, "card_transaction", table_name="qc_card_transaction", days=days)
+
+        that_day, day_before, everything = (
+            validate((day, day)),
+            validate((day - dt.timedelta(days=1),) * 2),
+            validate(None),
+        )
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS qc_card_transaction"))
+    assert not that_day.passed and that_day.counts["rows"] == on_the_day
+    (failure,) = that_day.details["failures"]
+    assert failure["column"] == "amount_fen" and failure["samples"] == [{"seq": seq, "amount_fen": None}]
+    assert day_before.passed and day_before.counts["rows"] < total
+    assert not everything.passed and everything.counts["rows"] == total
+
+
 def test_references_catch_missing_deleted_and_disagreeing(layer: Layer) -> None:
     engine = layer.engine
     major, college = one(engine, "SELECT code, college_id FROM major ORDER BY code LIMIT 1")

@@ -59,7 +59,7 @@ class Rule:
 
 
 def _columns(probe: Probe) -> quality.Outcome:
-    return quality.column_expectations(probe.engine, probe.table)
+    return quality.column_expectations(probe.engine, probe.table, days=probe.days)
 
 
 def _row_count(probe: Probe) -> quality.Outcome:
