@@ -21,7 +21,8 @@ from campushub.models.base import Base, BigId, utcnow
 class RawRecord(Base):
     __tablename__ = "raw_record"
     __table_args__ = (
-        Index("ix_raw_record_key", "source", "stream", "source_key"),
+        # A key's versions, newest found first: the look-up raw landing does per page.
+        Index("ix_raw_record_key", "source", "stream", "source_key", "id"),
         Index("ix_raw_record_day", "source", "stream", "event_day"),
         # What the unified layer reads: a stream's records landed after its watermark, in order.
         Index("ix_raw_record_stream_id", "source", "stream", "id"),
