@@ -23,7 +23,7 @@ class RawRecord(Base):
     __table_args__ = (
         # A key's versions, newest found first: the look-up raw landing does per page.
         Index("ix_raw_record_key", "source", "stream", "source_key", "id"),
-        Index("ix_raw_record_day", "source", "stream", "event_day"),
+        Index("ix_raw_record_day", "source", "stream", "event_day", "id"),
         # What the unified layer reads: a stream's records landed after its watermark, in order.
         Index("ix_raw_record_stream_id", "source", "stream", "id"),
     )
