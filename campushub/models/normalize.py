@@ -55,8 +55,9 @@ def _strptime(value: str, fmt: str) -> dt.datetime:
     # The card system's compact stamps come by the million: read by hand at a fifth of
     # strptime's cost (which consults the locale on every call).
     if fmt == COMPACT and _COMPACT_DIGITS.fullmatch(value):
-        v = value
-        return dt.datetime(int(v[:4]), int(v[4:6]), int(v[6:8]), int(v[8:10]), int(v[10:12]), int(v[12:]))
+        return dt.datetime(
+            int(value[:4]), int(value[4:6]), int(value[6:8]), int(value[8:10]), int(value[10:12]), int(value[12:])
+        )
     return dt.datetime.strptime(value, fmt)
 
 
