@@ -57,7 +57,22 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident set since it started or since `reset_peak_rss()`."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start the peak again from the current resident set (Linux: clear_refs 5), so that the
+    raw-limit replay, which holds a whole CSV export as one string, is not charged to the hub."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass  # elsewhere the peak stays cumulative: an over-estimate, never an under-estimate
 
 
 # ---------------------------------------------------------------------------- databases
@@ -314,7 +329,9 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
         )
 
         # -- the raw limit -----------------------------------------------------------------
+        reset_peak_rss()
         limit, inserting, replayed = raw_limit(engine, sent)
+        rss_limit = peak_rss_mib()
         print(
             f"raw limit: {limit:8.1f} s  (same {len(sent):,} GETs replayed with httpx + parse: "
             f"{limit - inserting:.1f} s; {replayed:,} records bulk-inserted "
@@ -334,10 +351,12 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
             + ", ".join(f"{stream} {n:,}" for stream, n in touched.most_common()),
             flush=True,
         )
+        reset_peak_rss()
         inc_seconds, inc_steps, inc_totals = pipeline.sync()
         recent = days[-2:]
         inc_card_seconds, inc_card_steps = pipeline.card_days_range(recent[0], recent[-1])
         incremental = inc_seconds + inc_card_seconds
+        rss_incremental = peak_rss_mib()
         inc_checks = check_seconds({**inc_steps, **inc_card_steps})
         print(
             f"incremental sync: {incremental:8.1f} s = {incremental / full:.1%} of the full sync (goal <= 5%)  "
@@ -351,8 +370,9 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
 
         # -- memory and checks -------------------------------------------------------------
         print(
-            f"peak RSS of the hub process: {peak_rss_mib():.0f} MiB (goal <= 1024 MiB; {rss_full:.0f} MiB "
-            "after the full sync)",
+            f"peak RSS of the hub process: {max(rss_full, rss_incremental):.0f} MiB (goal <= 1024 MiB; full sync "
+            f"{rss_full:.0f} MiB, incremental {rss_incremental:.0f} MiB; the raw-limit replay in between, "
+            f"not the hub's work, {rss_limit:.0f} MiB)",
             flush=True,
         )
         checks = check_seconds({**steps, **card_steps})

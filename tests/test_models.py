@@ -6,16 +6,25 @@ import datetime as dt
 import threading
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from campushub.models import Base
 from campushub.models import normalize as norm
-from campushub.models.ingest import prefetched
+from campushub.models.ingest import (
+    _KEY_LISTS,
+    _LATEST_HASH,
+    LandingResult,
+    _latest_hashes,
+    content_hash,
+    land_batches,
+    prefetched,
+)
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
@@ -33,6 +42,55 @@ def test_migrations_build_exactly_the_models(database_kind: str, tmp_path: Path)
             differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
         assert differences == []
         upgrade(engine)  # a second upgrade is a no-op
+
+
+@dataclass(frozen=True)
+class _Record:
+    key: str
+    data: dict[str, object]
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    records: list[_Record]
+    cursor: str | None = None
+    fetched_at: dt.datetime = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+
+
+@DATABASES
+def test_landing_compares_with_each_keys_newest_version_by_its_own_index(database_kind: str, tmp_path: Path) -> None:
+    """The look-up behind "unchanged, not landed again": the newest version per key, found by
+    probing (source, stream, source_key, id) — never by reading the stream in id order, which
+    made a first load quadratic."""
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        versions = [[_Record(f"S{n}", {"n": n, "v": v}) for n in range(50)] for v in range(3)]
+        with engine.begin() as connection:
+            result = LandingResult("academic", "students", "run-1", "full", None)
+            land_batches(connection, "academic", "students", [_Batch(batch) for batch in versions], result)
+            assert result.landed == 150
+            newest = _latest_hashes(connection, "academic", "students", ["S7", "S49", "missing"])
+            assert newest == {"S7": content_hash({"n": 7, "v": 2}), "S49": content_hash({"n": 49, "v": 2})}
+
+            statement, parameters = _LATEST_HASH_PLAN[database_kind]
+            if database_kind == "postgresql":
+                connection.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: make it choose an index
+            plan = " ".join(str(row) for row in connection.execute(text(statement), parameters))
+        assert "ix_raw_record_key" in plan
+        assert "ix_raw_record_stream_id" not in plan
+
+
+_LATEST_HASH_PLAN = {
+    "sqlite": (
+        "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),
+        {"source": "academic", "stream": "students", "keys": '["S1", "S2"]'},
+    ),
+    "postgresql": (
+        "EXPLAIN " + _LATEST_HASH.format(keys=_KEY_LISTS["postgresql"]),
+        {"source": "academic", "stream": "students", "keys": ["S1", "S2"]},
+    ),
+}
 
 
 @pytest.mark.parametrize(

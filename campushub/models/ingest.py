@@ -186,30 +186,29 @@ def _no_conversion(value: Any) -> Any:
     return value
 
 
+# The newest landed version of each key, one index probe per key on (source, stream,
+# source_key, id). A plain `source_key IN (…) ORDER BY id` lets either planner read the
+# stream in id order through (source, stream, id) instead, filtering every row landed so far
+# for each page: quadratic in a first load. The keys arrive as one array parameter.
+_LATEST_HASH = """SELECT k.key, (SELECT r.content_hash FROM raw_record r
+                                WHERE r.source = :source AND r.stream = :stream AND r.source_key = k.key
+                                ORDER BY r.id DESC LIMIT 1)
+                  FROM {keys}"""
+_KEY_LISTS = {
+    "postgresql": "unnest(CAST(:keys AS text[])) AS k(key)",
+    "sqlite": "(SELECT value AS key FROM json_each(:keys)) AS k",
+}
+
+
 def _latest_hashes(connection: Connection, source: str, stream: str, keys: list[str]) -> dict[str, str]:
     """The content hash of the newest landed version of each key."""
     if not keys:
         return {}
-    if connection.dialect.name == "postgresql":
-        # One index probe per key. An IN list lets the planner probe by (source, stream) alone
-        # and filter the stream's rows: while a first load fills the table inside one
-        # transaction, statistics call it tiny, and each page would scan all landed so far.
-        rows = connection.execute(
-            text(
-                """SELECT k.key, (SELECT r.content_hash FROM raw_record r
-                                  WHERE r.source = :source AND r.stream = :stream AND r.source_key = k.key
-                                  ORDER BY r.id DESC LIMIT 1)
-                   FROM unnest(CAST(:keys AS text[])) AS k(key)"""
-            ),
-            {"source": source, "stream": stream, "keys": keys},
-        )
-        return {key: digest for key, digest in rows if digest is not None}
-    rows = connection.execute(
-        select(RawRecord.source_key, RawRecord.content_hash)
-        .where(RawRecord.source == source, RawRecord.stream == stream, RawRecord.source_key.in_(keys))
-        .order_by(RawRecord.id)
-    )
-    return {key: digest for key, digest in rows}
+    dialect = connection.dialect.name
+    statement = _LATEST_HASH.format(keys=_KEY_LISTS[dialect])
+    parameter = keys if dialect == "postgresql" else json.dumps(keys)
+    rows = connection.execute(text(statement), {"source": source, "stream": stream, "keys": parameter})
+    return {key: digest for key, digest in rows if digest is not None}
 
 
 def _quarantine(connection: Connection, source: str, stream: str, run_id: str, records: list[Any]) -> None:
