@@ -41,6 +41,7 @@ from tests.conftest import SMALL
 from tests.databases import fresh_database
 
 SECRETS = SimulatorSettings()
+FULL_SWEEP = {"campushub/mode": "reconcile"}  # the nightly reconcile's runs validate every row
 
 
 @dataclass
@@ -218,11 +219,14 @@ def test_failed_blocking_check_stops_downstream_in_the_same_run(layer: Layer) ->
         ],
     ):
         assets = [*UNIFIED_ASSETS, persons]
+        # Edited behind the pipeline's back: the rows' write stamps did not move, so it is the
+        # nightly full sweep's column checks that see them (an incremental run's see what it wrote).
         result = materialize(
             [*assets, *checks_on(assets)],
             resources={"database": layer.resources["database"]},
             instance=layer.instance,
             raise_on_error=False,
+            tags=FULL_SWEEP,
         )
     assert not result.success
     found = evaluations(result)
@@ -358,6 +362,59 @@ def test_a_partition_runs_column_expectations_read_its_days_alone(layer: Layer) 
     assert failure["column"] == "amount_fen" and failure["samples"] == [{"seq": seq, "amount_fen": None}]
     assert day_before.passed and day_before.counts["rows"] < total
     assert not everything.passed and everything.counts["rows"] == total
+
+
+def test_an_incremental_runs_column_expectations_read_what_was_written_since_they_last_passed(layer: Layer) -> None:
+    """What a sync run wrote is validated by that run; what nobody wrote since a passing
+    evaluation is not read again — until the nightly sweep (a reconcile run) reads it all."""
+    students = next(asset for asset in UNIFIED_ASSETS if asset.key.path[-1] == "students")
+    engine, total = layer.engine, live(layer.engine, "student")
+
+    def columns(tags: dict[str, str] | None = None) -> AssetCheckEvaluation:
+        result = materialize(
+            [students, *checks_on([students])],
+            resources={"database": layer.resources["database"]},
+            instance=layer.instance,
+            raise_on_error=False,
+            tags=tags,
+        )
+        return evaluations(result)["students.columns"]
+
+    full = columns(FULL_SWEEP)
+    assert full.passed and value(full, "rows") == total and value(full, "validated") == {"whole_table": "yes"}
+    nothing_new = columns()
+    assert nothing_new.passed and value(nothing_new, "rows") == 0
+    assert set(value(nothing_new, "validated")) == {"written_since"}
+
+    written, behind, status = _two_students_and_a_status(engine)
+    stamp = "CURRENT_TIMESTAMP" if layer.kind == "postgresql" else "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+    with broken(
+        engine,
+        # As the pipeline writes a row: with its write stamp. And a row edited behind its back.
+        f"UPDATE student SET status = '99', loaded_at = {stamp} WHERE student_no = '{written}'",
+        f"UPDATE student SET status = '99' WHERE student_no = '{behind}'",
+        restore=[f"UPDATE student SET status = '{status}' WHERE student_no IN ('{written}', '{behind}')"],
+    ):
+        incremental = columns()
+        assert not incremental.passed and value(incremental, "rows") == 1
+        (failure,) = value(incremental, "failures")
+        assert [sample["student_no"] for sample in failure["samples"]] == [written]
+        # After a failure, every row again, until a pass: what was refused is still there.
+        again = columns()
+        assert not again.passed and value(again, "rows") == total
+        assert sorted(sample["student_no"] for sample in value(again, "failures")[0]["samples"]) == sorted(
+            [written, behind]
+        )
+    assert columns().passed  # restored (every row read once more), and
+    assert value(columns(), "rows") <= 1  # back to what was written since
+
+
+def _two_students_and_a_status(engine: Engine) -> tuple[str, str, str]:
+    with engine.connect() as connection:
+        written, behind = connection.execute(
+            text("SELECT student_no FROM student WHERE status = '01' ORDER BY student_no LIMIT 2")
+        ).scalars()
+    return written, behind, "01"
 
 
 def test_references_catch_missing_deleted_and_disagreeing(layer: Layer) -> None:

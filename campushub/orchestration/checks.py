@@ -50,6 +50,8 @@ class Probe:
     table: str
     previous_row_count: Callable[[], int | None]
     days: tuple[dt.date, dt.date] | None = None  # a partition run's first and last day
+    # Rows written before this instant passed the previous evaluation (None: validate all).
+    validated_before: dt.datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Rule:
 
 
 def _columns(probe: Probe) -> quality.Outcome:
-    return quality.column_expectations(probe.engine, probe.table, days=probe.days)
+    return quality.column_expectations(probe.engine, probe.table, days=probe.days, written_since=probe.validated_before)
 
 
 def _row_count(probe: Probe) -> quality.Outcome:
@@ -93,12 +95,19 @@ def _chain(probe: Probe) -> quality.Outcome:
 
 
 ROW_COUNT = "row_count"  # the check, and the metadata entry each evaluation leaves for the next
+COLUMNS = "columns"
+VALIDATED_AT = "validated_at"  # when a columns evaluation began: what was written before it, it saw
+# Stamps and the check's clock are one host's, but a row stamped just before a validation began
+# may commit just after: rows stamped this close before the last validation are validated again.
+STAMP_MARGIN = dt.timedelta(seconds=5)
+FULL_SWEEP_MODES = frozenset({"reconcile"})  # runs (by their campushub/mode tag) that validate everything
 HISTORY = 20  # evaluations looked back through for the last finished one
 
 RULES: dict[str, Rule] = {
-    "columns": Rule(
+    COLUMNS: Rule(
         "Column expectations (Great Expectations, in the database): keys present and unique, "
-        "codes within their national code tables, phone and e-mail formats.",
+        "codes within their national code tables, phone and e-mail formats. After a passing "
+        "evaluation, the rows written since; the nightly reconcile validates every row.",
         _columns,
     ),
     ROW_COUNT: Rule(
@@ -150,17 +159,37 @@ def _metadata_value(value: Any) -> Any:
     return MetadataValue.json(value) if isinstance(value, list | dict) else value
 
 
-def previous_row_count(context: AssetCheckExecutionContext, key: AssetCheckKey) -> int | None:
-    """The row count recorded by the last evaluation of this check that finished: this run's
-    own is only planned while it executes, and a run that died left nothing to compare with."""
+def _last_evaluation(context: AssetCheckExecutionContext, key: AssetCheckKey) -> Any | None:
+    """The last evaluation of this check that finished: this run's own is only planned while it
+    executes, and a run that died left nothing to compare with."""
     history = context.instance.event_log_storage.get_asset_check_execution_history(key, limit=HISTORY)
     for record in history:
         event = record.event.dagster_event if record.event is not None else None
-        if event is None or event.event_type != DagsterEventType.ASSET_CHECK_EVALUATION:
-            continue
-        entry = getattr(event.event_specific_data, "metadata", {}).get(ROW_COUNT)
-        return int(entry.value) if entry is not None and entry.value is not None else None
+        if event is not None and event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+            return event.event_specific_data
     return None
+
+
+def previous_row_count(context: AssetCheckExecutionContext, key: AssetCheckKey) -> int | None:
+    evaluation = _last_evaluation(context, key)
+    entry = getattr(evaluation, "metadata", {}).get(ROW_COUNT)
+    return int(entry.value) if entry is not None and entry.value is not None else None
+
+
+def validated_before(context: AssetCheckExecutionContext, key: AssetCheckKey) -> dt.datetime | None:
+    """Rows written before this instant need no validation again: the last columns evaluation
+    passed and saw them. None — validate every row — after a failure (the rows it refused are
+    still there), in a full-sweep run, or when there is no such evaluation."""
+    if context.run.tags.get("campushub/mode") in FULL_SWEEP_MODES:
+        return None
+    evaluation = _last_evaluation(context, key)
+    entry = getattr(evaluation, "metadata", {}).get(VALIDATED_AT)
+    if evaluation is None or not evaluation.passed or entry is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(entry.value)) - STAMP_MARGIN
+    except ValueError:
+        return None
 
 
 def partition_days(context: AssetCheckExecutionContext) -> tuple[dt.date, dt.date] | None:
@@ -178,7 +207,7 @@ def partition_days(context: AssetCheckExecutionContext) -> tuple[dt.date, dt.dat
 def checks_for(entity: str) -> AssetChecksDefinition:
     table, extra = CHECKS[entity]
     asset_key = AssetKey(["unified", entity])
-    names = ("columns", ROW_COUNT, *extra)
+    names = (COLUMNS, ROW_COUNT, *extra)
 
     @multi_asset_check(
         name=f"unified_{entity}_checks",
@@ -194,9 +223,16 @@ def checks_for(entity: str) -> AssetChecksDefinition:
             if key not in context.selected_asset_check_keys:
                 continue
             probe = Probe(
-                database.engine, table, lambda key=key: previous_row_count(context, key), partition_days(context)
+                database.engine,
+                table,
+                lambda key=key: previous_row_count(context, key),
+                partition_days(context),
+                validated_before(context, key) if name == COLUMNS else None,
             )
+            started_at = dt.datetime.now(dt.UTC)
             outcome = RULES[name].run(probe)
+            if name == COLUMNS:
+                outcome.details[VALIDATED_AT] = started_at.isoformat()
             with database.engine.begin() as connection:
                 record_check_result(connection, entity, name, outcome, context.run.run_id)
             if not outcome.passed:

@@ -41,6 +41,12 @@ def _metadata(result: UnifyResult) -> dict[str, Any]:
     return metadata
 
 
+# One writer of the unified tables at a time, across runs (deploy/dagster.yaml limits every pool
+# to 1): a run's checks then see everything stamped before they began, committed, which is what
+# lets a columns check validate only the rows written since its last passing evaluation.
+UNIFIED_POOL = "unified_layer"
+
+
 def unified_asset(
     entity: str,
     group: str,
@@ -58,6 +64,7 @@ def unified_asset(
         automation_condition=BUILD_ON_FRESH_GOOD_DATA,
         kinds={"python", "sql"},
         description=description,
+        pool=UNIFIED_POOL,
     )
     def _unified(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
         run_id = run_id_of(context)
@@ -104,6 +111,7 @@ UNIFIED_ASSETS = [
     automation_condition=BUILD_ON_FRESH_GOOD_DATA,
     kinds={"python", "sql"},
     description="The person master: one golden record per human being, with provenance and conflicts.",
+    pool=UNIFIED_POOL,
 )
 def persons(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     with database.engine.begin() as connection:
