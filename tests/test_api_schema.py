@@ -66,3 +66,66 @@ def test_every_resolver_is_synchronous() -> None:
         or inspect.iscoroutinefunction(getattr(resolve, "func", None))  # functools.partial
     ]
     assert asynchronous == []
+
+
+def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
+    """PlainLeafExecution reads default-resolved scalars directly: the answer — values, nulls,
+    errors and their paths — must be what graphql-core's own execution gives."""
+    import datetime as dt
+
+    import graphene
+    from graphql import ExecutionContext, execute, parse
+
+    from campushub.graphql.execution import PlainLeafExecution, plain_leaves
+
+    class Colour(graphene.Enum):
+        RED = "red"
+        BLUE = "blue"
+
+    class Item(graphene.ObjectType):
+        name = graphene.String()
+        required = graphene.String(required=True)
+        count = graphene.Int()
+        colour = graphene.Field(Colour)
+        at = graphene.DateTime()
+        shout = graphene.String(times=graphene.Int())
+        renamed = graphene.String(name="alias_of_name")
+
+        @staticmethod
+        def resolve_shout(parent: object, _info: object, times: int = 1) -> str:
+            return str(getattr(parent, "name", None) or parent.get("name")).upper() * times  # type: ignore[union-attr]
+
+    class Query(graphene.ObjectType):
+        items = graphene.List(graphene.NonNull(Item), required=True)
+        dicts = graphene.List(Item)
+
+        @staticmethod
+        def resolve_items(_: object, __: object) -> list[Item]:
+            at = dt.datetime(2026, 11, 27, 8, tzinfo=dt.UTC)
+            return [
+                Item(name="a", required="x", count=1, colour=Colour.RED, at=at),
+                Item(name=None, required="y", count=2**40, colour="blue"),  # Int out of range: an error
+                Item(name="c", required=None),  # a required field that is null: an error up the path
+            ]
+
+        @staticmethod
+        def resolve_dicts(_: object, __: object) -> list[dict[str, object]]:
+            return [{"name": "d", "required": "z", "count": "7"}, {"required": "w", "colour": "green"}]
+
+    schema = graphene.Schema(query=Query).graphql_schema
+    PlainLeafExecution.plain, before = plain_leaves(schema), PlainLeafExecution.plain
+    try:
+        assert ("Item", "name") in PlainLeafExecution.plain and ("Item", "shout") not in PlainLeafExecution.plain
+        for query in (
+            "{ items { name required count colour at shout(times: 2) aliasOfName } }",
+            "{ items { n: name name } dicts { name required count colour at } }",
+            "{ dicts { __typename name colour } }",
+        ):
+            document = parse(query)
+            standard = execute(schema, document, execution_context_class=ExecutionContext)
+            short_cut = execute(schema, document, execution_context_class=PlainLeafExecution)
+            assert short_cut.data == standard.data
+            assert [e.formatted for e in short_cut.errors or []] == [e.formatted for e in standard.errors or []]
+        assert standard.errors  # the cases above include errors, and they matched
+    finally:
+        PlainLeafExecution.plain = before

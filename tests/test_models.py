@@ -8,19 +8,24 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Date, column, inspect, table, text
+from sqlalchemy.types import TypeEngine
 
 from campushub.models import Base
 from campushub.models import normalize as norm
+from campushub.models.base import UTCDateTime
+from campushub.models.engine import make_engine
 from campushub.models.ingest import (
     _KEY_LISTS,
     _LATEST_HASH,
     LandingResult,
     _latest_hashes,
+    bind_processors,
     content_hash,
     land_batches,
     prefetched,
@@ -185,3 +190,39 @@ def test_id_numbers_are_encrypted_and_hashed_not_stored_plain() -> None:
     assert id_hash(number) == id_hash(number.lower()) and len(id_hash(number)) == 64
     assert number not in id_hash(number)
     assert mask_id(number) == "440***********7222"
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        (UTCDateTime(), dt.datetime(2026, 11, 27, 10, 58, 0, tzinfo=dt.UTC)),
+        (UTCDateTime(), dt.datetime(2026, 11, 27, 18, 58, 0, 123456, tzinfo=CST)),
+        (UTCDateTime(), dt.datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone(dt.timedelta(hours=-5)))),
+        (UTCDateTime(), dt.datetime(1001, 1, 1, 0, 0, 1, 1, tzinfo=dt.UTC)),
+        (UTCDateTime(), None),
+        (Date(), dt.date(2026, 2, 28)),
+        (Date(), dt.date(1001, 1, 1)),
+        (Date(), dt.datetime(2026, 3, 1, 7, 30)),  # a datetime into a date column: its date
+        (Date(), None),
+    ],
+)
+def test_sqlite_bulk_binds_write_the_text_sqlalchemy_writes(kind: TypeEngine[Any], value: Any, tmp_path: Path) -> None:
+    """Bulk writers format SQLite dates and instants themselves: byte for byte as SQLAlchemy
+    would, or stored values would stop comparing equal (and sorting) with the ORM's."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'binds.db'}")
+    with engine.connect() as connection:
+        probe = table("probe", column("at", kind))
+        (fast,) = bind_processors(connection, probe, ["at"])
+        sqlalchemy_own = kind.dialect_impl(connection.dialect).bind_processor(connection.dialect)
+        assert fast is not None and sqlalchemy_own is not None
+        assert fast(value) == sqlalchemy_own(value)
+    engine.dispose()
+
+
+def test_sqlite_bulk_binds_refuse_naive_instants(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'binds.db'}")
+    with engine.connect() as connection:
+        (fast,) = bind_processors(connection, table("probe", column("at", UTCDateTime())), ["at"])
+        with pytest.raises(ValueError, match="naive datetime"):
+            fast(dt.datetime(2026, 11, 27, 10, 58))
+    engine.dispose()

@@ -52,6 +52,7 @@ from starlette.routing import BaseRoute, Route
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
+from campushub.graphql.execution import PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 
@@ -65,6 +66,7 @@ REQUEST_TIMEOUT_S = float(os.environ.get("CAMPUSHUB_API_TIMEOUT_S", "10"))
 # Operations executing at once in one worker process. Execution is CPU-bound Python that holds
 # the GIL but for its short SQL calls: a few threads keep the core busy while one waits on the
 # database; dozens only queue for the GIL, and every request's latency grows with the crowd.
+# 0 executes on the event loop itself (no hand-over to a thread, but nothing else runs meanwhile).
 EXECUTION_THREADS = int(os.environ.get("CAMPUSHUB_API_THREADS", "4"))
 
 
@@ -219,6 +221,7 @@ class GraphQLApp:
         self.settings = settings
         self.schema = schema
         self.documents = DocumentCache(schema, settings)
+        PlainLeafExecution.plain = plain_leaves(schema)
         self._threads: anyio.CapacityLimiter | None = None  # made on the worker's event loop
         # SQLite takes one writer at a time, and a writer that finds it locked sleeps in steps
         # (1, 2, 5, 10 ms …) before it tries again. This worker's threads queue for their audit
@@ -248,6 +251,7 @@ class GraphQLApp:
                 operation_name=name,
                 context_value=context,
                 is_awaitable=_never_awaitable,
+                execution_context_class=PlainLeafExecution,
             )
             if result.errors:
                 connection.rollback()  # a mutation that failed half-way leaves nothing
@@ -274,6 +278,18 @@ class GraphQLApp:
         extensions["requestId"] = request_id
         formatted["extensions"] = extensions
         return formatted
+
+    async def _execute(
+        self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
+    ) -> dict[str, Any]:
+        if EXECUTION_THREADS == 0:
+            return self._run(principal, request_id, document, variables, name)
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(EXECUTION_THREADS)
+        execution = anyio.to_thread.run_sync(
+            self._run, principal, request_id, document, variables, name, limiter=self._threads
+        )
+        return await asyncio.wait_for(execution, REQUEST_TIMEOUT_S)
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -308,13 +324,8 @@ class GraphQLApp:
         if request.method == "GET" and operation.operation != OperationType.QUERY:
             return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
 
-        if self._threads is None:
-            self._threads = anyio.CapacityLimiter(EXECUTION_THREADS)
-        execution = anyio.to_thread.run_sync(
-            self._run, principal, request_id, prepared.document, variables, operation_name, limiter=self._threads
-        )
         try:
-            body = await asyncio.wait_for(execution, REQUEST_TIMEOUT_S)
+            body = await self._execute(principal, request_id, prepared.document, variables, operation_name)
         except TimeoutError:
             log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
             return _plain_error(504, "the request took too long", request_id, media_type)

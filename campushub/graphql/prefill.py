@@ -27,6 +27,7 @@ from typing import Any
 from cryptography.fernet import InvalidToken
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     CompoundSelect,
     Connection,
     RowMapping,
@@ -362,13 +363,37 @@ def _by_person(rows: Iterable[RowMapping], prefer: Callable[[RowMapping], Any]) 
     return chosen
 
 
-# The statements of a prefill are built once, with the people as an expanding parameter:
-# building a SQLAlchemy statement (and its cache key) per request costs more than running it.
-PERSON_IDS = bindparam("person_ids", expanding=True)
+# The statements are built once per shape: building a SQLAlchemy statement (and its cache key)
+# per request costs more than running it. A prefill asks about one person, and compares by
+# equality; coverage asks about many, through an expanding IN list — which SQLAlchemy renders
+# into the SQL afresh on every execution, a cost a single person need not pay.
+PERSON_IDS, PERSON_ID = bindparam("person_ids", expanding=True), bindparam("person_id")
+STUDENT_NOS, STUDENT_NO = bindparam("student_nos", expanding=True), bindparam("student_no")
+
+
+def _among(column: ColumnElement[Any], one: bool, many: BindParameter[Any], single: BindParameter[Any]) -> Any:
+    return column == single if one else column.in_(many)
+
+
+def _among_people(column: ColumnElement[Any], one: bool) -> Any:
+    return _among(column, one, PERSON_IDS, PERSON_ID)
+
+
+def _among_students(column: ColumnElement[Any], one: bool) -> Any:
+    return _among(column, one, STUDENT_NOS, STUDENT_NO)
+
+
+def _people(ids: Sequence[int]) -> dict[str, Any]:
+    """Parameters for either shape (a statement ignores the one it does not name)."""
+    return {"person_ids": list(ids), "person_id": ids[0]}
+
+
+def _students_by_no(numbers: Sequence[str]) -> dict[str, Any]:
+    return {"student_nos": list(numbers), "student_no": numbers[0]}
 
 
 @cache
-def _students_statement() -> Select[Any]:
+def _students_statement(one: bool) -> Select[Any]:
     college, major, klass = OrgUnit.__table__.alias("college"), Major.__table__, ClassGroup.__table__
     return (
         select(
@@ -380,37 +405,66 @@ def _students_statement() -> Select[Any]:
         .outerjoin(college, college.c.id == Student.college_id)
         .outerjoin(major, major.c.id == Student.major_id)
         .outerjoin(klass, klass.c.id == Student.class_id)
-        .where(Student.person_id.in_(PERSON_IDS), Student.deleted_at.is_(None))
+        .where(_among_people(Student.person_id, one), Student.deleted_at.is_(None))
     )
 
 
 def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
-    rows = connection.execute(_students_statement(), {"person_ids": list(person_ids)}).mappings()
+    statement = _students_statement(len(person_ids) == 1)
+    rows = connection.execute(statement, _people(person_ids)).mappings()
     return _by_person(rows, lambda row: (row["entry_date"] or dt.date.min, row["student_no"]))
 
 
-def _staff(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+@cache
+def _staff_statement(one: bool) -> Select[Any]:
     department = OrgUnit.__table__.alias("department")
-    query = (
+    return (
         select(Staff.__table__, department.c.name.label("department_name"))
         .outerjoin(department, department.c.id == Staff.department_id)
-        .where(Staff.person_id.in_(person_ids), Staff.deleted_at.is_(None))
+        .where(_among_people(Staff.person_id, one), Staff.deleted_at.is_(None))
     )
-    return _by_person(connection.execute(query).mappings(), lambda row: row["staff_no"])
+
+
+def _staff(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
+    rows = connection.execute(_staff_statement(len(person_ids) == 1), _people(person_ids)).mappings()
+    return _by_person(rows, lambda row: row["staff_no"])
+
+
+@cache
+def _cards_statement(one: bool) -> Select[Any]:
+    return select(CardAccount.__table__).where(
+        _among_people(CardAccount.person_id, one), CardAccount.deleted_at.is_(None)
+    )
 
 
 def _cards(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
-    query = select(CardAccount.__table__).where(CardAccount.person_id.in_(person_ids), CardAccount.deleted_at.is_(None))
+    rows = connection.execute(_cards_statement(len(person_ids) == 1), _people(person_ids)).mappings()
     # The card in use: a normal card over a lost or frozen one, then the newest.
-    return _by_person(
-        connection.execute(query).mappings(),
-        lambda row: (row["status"] == "正常", row["opened_on"] or dt.date.min, row["card_no"]),
+    return _by_person(rows, lambda row: (row["status"] == "正常", row["opened_on"] or dt.date.min, row["card_no"]))
+
+
+@cache
+def _bills_statement(one: bool) -> Select[Any]:
+    return (
+        select(FeeBill.__table__)
+        .where(_among_students(FeeBill.student_no, one), FeeBill.deleted_at.is_(None))
+        .order_by(FeeBill.bill_no)
     )
 
 
-def _grade_summaries(connection: Connection, student_nos: Sequence[str]) -> dict[str, RowMapping]:
+@cache
+def _last_payments_statement(one: bool) -> Select[Any]:
+    return (
+        select(Payment.student_no, func.max(Payment.paid_at))
+        .where(_among_students(Payment.student_no, one), Payment.deleted_at.is_(None))
+        .group_by(Payment.student_no)
+    )
+
+
+@cache
+def _grade_summaries_statement(one: bool) -> Select[Any]:
     passed = Grade.score >= PASS_SCORE
-    query = (
+    return (
         select(
             Grade.student_no,
             func.count().label("courses"),
@@ -419,10 +473,9 @@ def _grade_summaries(connection: Connection, student_nos: Sequence[str]) -> dict
             func.max(Grade.term).label("last_term"),
             func.max(Grade.source_updated_at).label("as_of"),
         )
-        .where(Grade.student_no.in_(student_nos), Grade.deleted_at.is_(None))
+        .where(_among_students(Grade.student_no, one), Grade.deleted_at.is_(None))
         .group_by(Grade.student_no)
     )
-    return {row["student_no"]: row for row in connection.execute(query).mappings()}
 
 
 def _quality_notes(
@@ -443,11 +496,11 @@ def _quality_notes(
         if found.card is not None:
             keys["card", "card_accounts", found.card["card_no"]] = (person_id, "card")
 
-    parameters: dict[str, Any] = {"person_ids": list(records)}
+    parameters = _people(list(records))
     if keys:
         parameters["keys"] = list(keys)
     last_sync: dict[str, dt.datetime | None] = {}
-    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys)), parameters):
+    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys), len(records) == 1), parameters):
         if what == "sync":
             last_sync[a] = at
         elif what == "conflict":
@@ -472,7 +525,7 @@ def _quality_notes(
 
 
 @cache
-def _quality_statement(with_keys: bool) -> CompoundSelect:
+def _quality_statement(with_keys: bool, one: bool) -> CompoundSelect:
     """One row shape for all three: (what, a, b, c, at). The sync branch comes first, so that its
     `at` column decides how the union's instants are read."""
     parts: list[Select[Any]] = [
@@ -484,9 +537,9 @@ def _quality_statement(with_keys: bool) -> CompoundSelect:
             func.min(SyncState.last_success_at).label("at"),
         ).group_by(SyncState.source),
         select(literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null()).where(
-            Conflict.person_id.in_(PERSON_IDS), Conflict.status == "open"
+            _among_people(Conflict.person_id, one), Conflict.status == "open"
         ),
-        *_unlinked_conflicts(PERSON_IDS),
+        *_unlinked_conflicts(one),
     ]
     if with_keys:
         parts.append(
@@ -506,7 +559,7 @@ def _quality_statement(with_keys: bool) -> CompoundSelect:
     return union_all(*parts)
 
 
-def _unlinked_conflicts(person_ids: BindParameter[Any]) -> list[Select[Any]]:
+def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
     """Open identity conflicts about these people that name no person: the records they dispute
     stay unlinked until a steward decides, so they are found by the keys they name — the ID
     number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
@@ -515,13 +568,13 @@ def _unlinked_conflicts(person_ids: BindParameter[Any]) -> list[Select[Any]]:
     same_id = (
         select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null())
         .join(Person, Conflict.subject == literal("id:", String) + func.substr(Person.id_number_hash, 1, 16))
-        .where(Person.id.in_(person_ids), *unlinked)
+        .where(_among_people(Person.id, one), *unlinked)
     )
     holders = union_all(
         select(Student.person_id, literal("student", String).label("kind"), Student.student_no.label("no")).where(
-            Student.person_id.in_(person_ids)
+            _among_people(Student.person_id, one)
         ),
-        select(Staff.person_id, literal("staff", String), Staff.staff_no).where(Staff.person_id.in_(person_ids)),
+        select(Staff.person_id, literal("staff", String), Staff.staff_no).where(_among_people(Staff.person_id, one)),
     ).subquery()
     card_claimed = (
         select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null())
@@ -547,8 +600,8 @@ def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime) -
 
 
 @cache
-def _persons_statement(with_provenance: bool) -> Select[Any]:
-    persons = select(Person.__table__).where(Person.id.in_(PERSON_IDS))
+def _persons_statement(with_provenance: bool, one: bool) -> Select[Any]:
+    persons = select(Person.__table__).where(_among_people(Person.id, one))
     if not with_provenance:
         return persons
     # With each golden field's provenance, in the same statement: a row per field, each
@@ -573,8 +626,9 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    persons = _persons_statement(with_provenance="person" in entities and with_quality)
-    for row in connection.execute(persons, {"person_ids": ids}).mappings():
+    one = len(ids) == 1
+    persons = _persons_statement("person" in entities and with_quality, one)
+    for row in connection.execute(persons, _people(ids)).mappings():
         found = records[row["id"]]
         if found.person is None:
             found.person = row
@@ -590,22 +644,16 @@ def load_subjects(
         for person_id, row in _cards(connection, ids).items():
             records[person_id].card = row
     by_student_no = {found.student["student_no"]: found for found in records.values() if found.student is not None}
-    if "fees" in entities and by_student_no:
-        bills = select(FeeBill.__table__).where(
-            FeeBill.student_no.in_(list(by_student_no)), FeeBill.deleted_at.is_(None)
-        )
-        for bill in connection.execute(bills.order_by(FeeBill.bill_no)).mappings():
+    numbers = list(by_student_no)
+    students = _students_by_no(numbers) if numbers else {}
+    if "fees" in entities and numbers:
+        for bill in connection.execute(_bills_statement(len(numbers) == 1), students).mappings():
             by_student_no[bill["student_no"]].bills.append(bill)
-        payments = (
-            select(Payment.student_no, func.max(Payment.paid_at))
-            .where(Payment.student_no.in_(list(by_student_no)), Payment.deleted_at.is_(None))
-            .group_by(Payment.student_no)
-        )
-        for student_no, paid_at in connection.execute(payments):
+        for student_no, paid_at in connection.execute(_last_payments_statement(len(numbers) == 1), students):
             by_student_no[student_no].last_payment_at = paid_at
-    if "grades" in entities and by_student_no:
-        for student_no, summary in _grade_summaries(connection, list(by_student_no)).items():
-            by_student_no[student_no].grades = summary
+    if "grades" in entities and numbers:
+        for summary in connection.execute(_grade_summaries_statement(len(numbers) == 1), students).mappings():
+            by_student_no[summary["student_no"]].grades = summary
     if with_quality:
         _quality_notes(connection, records, now or dt.datetime.now(dt.UTC), entities)
     return records

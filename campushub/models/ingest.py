@@ -19,10 +19,10 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, select, text, update
+from sqlalchemy import Connection, Date, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from campushub.models.base import utcnow
+from campushub.models.base import UTCDateTime, utcnow
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
 
 
@@ -67,7 +67,35 @@ def bind_processors(connection: Connection, table: Table, columns: Sequence[str]
     """Each column's conversion to what the driver is given (UTC instants, SQLite's date text),
     for writers that hand the driver plain tuples."""
     dialect = connection.dialect
-    return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+    processors = []
+    for name in columns:
+        kind = table.c[name].type
+        fast = _SQLITE_TEXT.get(type(kind)) if dialect.name == "sqlite" else None
+        processors.append(fast or kind.dialect_impl(dialect).bind_processor(dialect))
+    return processors
+
+
+def _sqlite_instant(value: dt.datetime | None) -> str | None:
+    """`UTCDateTime` as SQLite stores it: the UTC wall clock, always with microseconds."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: campushub stores instants with their time zone")
+    return value.astimezone(dt.UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_date(value: dt.date | None) -> str | None:
+    if value is None:
+        return None
+    if type(value) is dt.date:
+        return value.isoformat()
+    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"  # a datetime: its date, as SQLAlchemy does
+
+
+# SQLAlchemy's SQLite processors format dates and instants field by field in Python; the C
+# isoformat gives the same text (tests/test_models.py compares them) at a fraction of the cost —
+# a tenth of a bulk write's time, card transactions carrying two of them a row.
+_SQLITE_TEXT: dict[type, Callable[[Any], Any]] = {UTCDateTime: _sqlite_instant, Date: _sqlite_date}
 
 
 def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

@@ -22,7 +22,8 @@ class Tracked:
 
     row_hash: Mapped[str] = mapped_column(String(32))
     source_updated_at: Mapped[dt.datetime | None]
-    loaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Indexed: a run's column checks read the rows written since their last pass by it.
+    loaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     deleted_at: Mapped[dt.datetime | None]
 
 
@@ -81,7 +82,7 @@ class Person(Base):
     phone: Mapped[str | None] = mapped_column(String(20))
     email: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)  # as loaded_at
 
 
 class SourceIdentity(Base):
@@ -255,7 +256,13 @@ class Conflict(Base):
     the survivorship rule that picked it)."""
 
     __tablename__ = "conflict"
-    __table_args__ = (UniqueConstraint("kind", "subject"),)
+    # Every prefill asks for the open conflicts about its person: by the person, or — for the
+    # identity conflicts that name no person yet — by the ID number or card they dispute.
+    __table_args__ = (
+        UniqueConstraint("kind", "subject"),
+        Index("ix_conflict_person_status", "person_id", "status"),
+        Index("ix_conflict_subject_status", "subject", "status"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))
