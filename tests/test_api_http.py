@@ -37,6 +37,7 @@ from tests.api_support import ApiHub, ApiServer
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 ME = "{ me { subject role } }"
+PREFILL_CERTIFICATE = '{ prefill(formId: "enrollment_certificate") { fields { name value source asOf quality } } }'
 MUTATION = 'mutation { resolveQuarantine(id: "0", resolution: "never runs") { id } }'
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -731,3 +732,36 @@ def test_the_document_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     prepared = [cache.prepare(document) for document in documents]
     assert cache.prepare(documents[2]) is prepared[2]
     assert cache.prepare(documents[0]) is not prepared[0], "the least recently used entry was evicted"
+
+
+def test_a_request_past_its_deadline_is_504_and_its_statement_is_stopped(
+    hub_api: ApiHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the operation runs on the event loop, which nothing can abandon: the database
+    interrupts the request's statement at the deadline instead."""
+    if hub_api.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL requests run on threads, abandoned at the timeout (test_executor_*)")
+    monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.0)
+    response = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
+    assert response.status_code == 504
+    (error,) = errors_of(response)
+    assert error["extensions"] == {"code": "TIMEOUT", "requestId": request_id_of(response)}
+    monkeypatch.undo()
+    assert post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
+
+
+def test_executor_runs_inline_or_abandons_a_thread_at_the_timeout() -> None:
+    import asyncio
+    import time
+
+    from campushub.graphql.execution import Executor
+
+    async def waited_for_a_slow_call(executor: Executor) -> float:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await executor.run(time.sleep, 0.5)
+        return time.monotonic() - started
+
+    assert asyncio.run(Executor(0, 0.01).run(sum, [1, 2, 3])) == 6
+    assert asyncio.run(waited_for_a_slow_call(Executor(2, 0.05))) < 0.3  # the thread runs out alone
+    assert asyncio.run(Executor(2, 1.0).run(sum, [1, 2])) == 3

@@ -16,19 +16,18 @@ GraphiQL is served at `GET /graphql` (text/html) in development mode only.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import anyio.to_thread
 from graphql import (
     DocumentNode,
     ExecutionResult,
@@ -42,7 +41,8 @@ from graphql import (
     validate,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -52,7 +52,7 @@ from starlette.routing import BaseRoute, Route
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
-from campushub.graphql.execution import PlainLeafExecution, plain_leaves
+from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 
@@ -63,11 +63,8 @@ JSON = "application/json"
 DOCUMENT_CACHE_SIZE = 1024
 MAX_BODY_BYTES = 100_000
 REQUEST_TIMEOUT_S = float(os.environ.get("CAMPUSHUB_API_TIMEOUT_S", "10"))
-# Operations executing at once in one worker process. Execution is CPU-bound Python that holds
-# the GIL but for its short SQL calls: a few threads keep the core busy while one waits on the
-# database; dozens only queue for the GIL, and every request's latency grows with the crowd.
-# 0 executes on the event loop itself (no hand-over to a thread, but nothing else runs meanwhile).
-EXECUTION_THREADS = int(os.environ.get("CAMPUSHUB_API_THREADS", "4"))
+# SQLite checks a request's deadline every this many virtual-machine instructions.
+DEADLINE_CHECK_STEPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +219,7 @@ class GraphQLApp:
         self.schema = schema
         self.documents = DocumentCache(schema, settings)
         PlainLeafExecution.plain = plain_leaves(schema)
-        self._threads: anyio.CapacityLimiter | None = None  # made on the worker's event loop
+        self.executor = Executor.for_engine(engine, REQUEST_TIMEOUT_S)
         # SQLite takes one writer at a time, and a writer that finds it locked sleeps in steps
         # (1, 2, 5, 10 ms …) before it tries again. This worker's threads queue for their audit
         # writes here instead, each woken the moment the last is done: only the other workers'
@@ -236,7 +233,7 @@ class GraphQLApp:
     ) -> dict[str, Any]:
         audit = AuditTrail(request_id, principal.subject, principal.role)
         operation = _operation(document, name)
-        with self.engine.connect() as connection:
+        with self.engine.connect() as connection, _deadline(connection, REQUEST_TIMEOUT_S):
             if operation is not None and operation.operation == OperationType.QUERY:
                 # A query writes nothing but its audit rows, in one atomic statement: it needs no
                 # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
@@ -255,6 +252,8 @@ class GraphQLApp:
             )
             if result.errors:
                 connection.rollback()  # a mutation that failed half-way leaves nothing
+                if any(_interrupted(error.original_error) for error in result.errors):
+                    raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
             # No read without its audit row: written (and committed with any mutation) first.
             with self._sqlite_writes:
                 audit.write(connection)
@@ -278,18 +277,6 @@ class GraphQLApp:
         extensions["requestId"] = request_id
         formatted["extensions"] = extensions
         return formatted
-
-    async def _execute(
-        self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
-    ) -> dict[str, Any]:
-        if EXECUTION_THREADS == 0:
-            return self._run(principal, request_id, document, variables, name)
-        if self._threads is None:
-            self._threads = anyio.CapacityLimiter(EXECUTION_THREADS)
-        execution = anyio.to_thread.run_sync(
-            self._run, principal, request_id, document, variables, name, limiter=self._threads
-        )
-        return await asyncio.wait_for(execution, REQUEST_TIMEOUT_S)
 
     async def handle(self, request: Request) -> Response:
         request_id = str(uuid.uuid4())
@@ -325,7 +312,9 @@ class GraphQLApp:
             return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
 
         try:
-            body = await self._execute(principal, request_id, prepared.document, variables, operation_name)
+            body = await self.executor.run(
+                self._run, principal, request_id, prepared.document, variables, operation_name
+            )
         except TimeoutError:
             log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
             return _plain_error(504, "the request took too long", request_id, media_type)
@@ -333,6 +322,27 @@ class GraphQLApp:
             log.exception("request %s failed", request_id)
             return _plain_error(500, "internal error", request_id, media_type)
         return JSONResponse(body, 200, headers, media_type=media_type)
+
+
+@contextlib.contextmanager
+def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
+    """On SQLite, a statement of this request running past its deadline is interrupted: an
+    operation running on the event loop cannot be abandoned as a thread's can. (PostgreSQL
+    requests run on threads, abandoned at the timeout.)"""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    driver = connection.connection.driver_connection
+    deadline = time.monotonic() + seconds
+    driver.set_progress_handler(lambda: time.monotonic() > deadline, DEADLINE_CHECK_STEPS)
+    try:
+        yield
+    finally:
+        driver.set_progress_handler(None, 0)
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    return isinstance(error, DBAPIError) and "interrupted" in str(error.orig)
 
 
 # Every method reaches the handler, which refuses all but GET and POST itself (with a request id).

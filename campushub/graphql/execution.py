@@ -1,4 +1,5 @@
-"""graphql-core's execution, with a short cut for the commonest field there is.
+"""Where and how an operation executes: on the event loop or a few threads (`Executor`), and
+graphql-core's execution with a short cut for the commonest field there is.
 
 Most fields of an answer are scalars read off their parent object by graphene's default
 resolver, without arguments: a prefill's sixty `name`, `value`, `source`, `asOf` and `quality`.
@@ -11,9 +12,14 @@ such a field directly. Everything else, and any value that is null or fails to s
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
+import anyio
+import anyio.to_thread
 from graphene.types.resolver import dict_or_attr_resolver
 from graphql import (
     ExecutionContext,
@@ -26,6 +32,48 @@ from graphql import (
     Undefined,
 )
 from graphql.pyutils import Path
+from sqlalchemy import Engine
+
+T = TypeVar("T")
+# Worker threads an operation may run on, per worker process ("0": the event loop itself).
+THREADS_SETTING = "CAMPUSHUB_API_THREADS"
+DEFAULT_THREADS = {"sqlite": 0, "postgresql": 4}
+
+
+class Executor:
+    """Runs an operation — CPU-bound Python holding the GIL, but for its SQL calls.
+
+    With SQLite those calls are short and local: handing each operation to a thread only adds
+    the hand-over and a contest for the GIL with the event loop (measured at the university
+    profile: 1.74 → 1.49 ms of CPU a prefill, and the p99 at 800 req/s 66 → 9 ms), so it runs
+    on the event loop, its statements bounded by a deadline the database enforces. With
+    PostgreSQL each statement waits on the server: a few threads keep the core busy meanwhile —
+    a few, since dozens only queue for the GIL and every request's latency grows with the crowd.
+    """
+
+    def __init__(self, threads: int, timeout_s: float) -> None:
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self._limiter: anyio.CapacityLimiter | None = None  # made on the worker's event loop
+
+    @classmethod
+    def for_engine(cls, engine: Engine, timeout_s: float) -> Executor:
+        configured = os.environ.get(THREADS_SETTING)
+        threads = int(configured) if configured else DEFAULT_THREADS.get(engine.dialect.name, 4)
+        return cls(threads, timeout_s)
+
+    @property
+    def inline(self) -> bool:
+        return self.threads == 0
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)`; TimeoutError if a thread's run outlasts the timeout (an inline
+        run is bounded by its statements' deadline instead)."""
+        if self.inline:
+            return function(*args)
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await asyncio.wait_for(anyio.to_thread.run_sync(function, *args, limiter=self._limiter), self.timeout_s)
 
 
 class PlainLeaf(NamedTuple):
