@@ -226,3 +226,18 @@ def test_sqlite_bulk_binds_refuse_naive_instants(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="naive datetime"):
             fast(dt.datetime(2026, 11, 27, 10, 58))
     engine.dispose()
+
+
+@DATABASES
+def test_statistics_are_refreshed_after_a_bulk_load(database_kind: str, tmp_path: Path) -> None:
+    from campushub.models.engine import refresh_statistics
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        refresh_statistics(engine)  # nothing to do on SQLite; must not fail there either
+        if database_kind == "postgresql":
+            with engine.connect() as connection:
+                analyzed = connection.execute(
+                    text("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'card_account'")
+                ).scalar_one()
+            assert analyzed

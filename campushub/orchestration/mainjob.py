@@ -1,7 +1,8 @@
 """The hub's main job, run in-process: every source synced into the unified layer.
 
 The same assets the schedules run, executed once: raw landing and the unified layer (the
-`sync` job's selection), then every day of card transactions in one partition-range run.
+`sync` job's selection), then every day of card transactions in one partition-range run, then
+fresh planner statistics for what was just bulk-loaded.
 Uses the Dagster instance in $DAGSTER_HOME when set, so the runs show in the Dagster UI.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dagster import DagsterInstance, materialize
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from campushub.models.engine import make_engine, refresh_statistics
 from campushub.orchestration.assets.raw import RAW_ASSETS
 from campushub.orchestration.assets.unified import CARD_DAYS, UNIFIED_ASSETS, card_transactions, persons
 from campushub.orchestration.checks import ASSET_CHECKS
@@ -43,6 +45,10 @@ def run_main_job(say: Callable[[str], None]) -> bool:
         raise_on_error=False,
     )
     _report(by_day, say)
+    if by_day.success:
+        engine = make_engine()
+        refresh_statistics(engine)
+        engine.dispose()
     return by_day.success
 
 
