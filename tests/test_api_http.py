@@ -765,3 +765,34 @@ def test_executor_runs_inline_or_abandons_a_thread_at_the_timeout() -> None:
     assert asyncio.run(Executor(0, 0.01).run(sum, [1, 2, 3])) == 6
     assert asyncio.run(waited_for_a_slow_call(Executor(2, 0.05))) < 0.3  # the thread runs out alone
     assert asyncio.run(Executor(2, 1.0).run(sum, [1, 2])) == 3
+
+
+def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp_path: Any) -> None:
+    import time
+
+    from sqlalchemy import text
+
+    from campushub.graphql import checkpoints
+    from campushub.models.engine import make_engine
+
+    database = tmp_path / "wal.db"
+    engine = make_engine(f"sqlite:///{database}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE audit (n INTEGER, body BLOB)"))
+    engine.dispose()
+    log = checkpoints.Checkpoints(engine)
+    before = database.stat().st_size
+    for batch in range(6):  # ~6 MB: far past SQLite's 1,000-page threshold, over several commits
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            connection.execute(
+                text("INSERT INTO audit VALUES (:n, randomblob(1000))"), [{"n": batch * 1000 + n} for n in range(1000)]
+            )
+    assert database.stat().st_size == before  # every page still in the log: no commit checkpointed
+    log.wrote()
+    deadline = time.monotonic() + 10 * checkpoints.INTERVAL_S
+    while log._thread is not None and log._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log._thread is not None and not log._thread.is_alive()  # it ended once writes stopped
+    assert database.stat().st_size > before + 5_000_000  # the thread folded the log into the file
+    engine.dispose()

@@ -51,6 +51,7 @@ from starlette.routing import BaseRoute, Route
 
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
+from campushub.graphql.checkpoints import Checkpoints
 from campushub.graphql.context import RequestContext
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
@@ -227,6 +228,7 @@ class GraphQLApp:
         self._sqlite_writes: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
+        self._checkpoints = Checkpoints(engine) if engine.dialect.name == "sqlite" else None
 
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
@@ -258,6 +260,8 @@ class GraphQLApp:
             with self._sqlite_writes:
                 audit.write(connection)
                 connection.commit()
+        if self._checkpoints is not None:
+            self._checkpoints.wrote()
         return self._body(result, request_id)
 
     def _body(self, result: ExecutionResult, request_id: str) -> dict[str, Any]:
