@@ -746,6 +746,23 @@ def test_a_request_past_its_deadline_is_504_and_its_statement_is_stopped(
     assert response.status_code == 504
     (error,) = errors_of(response)
     assert error["extensions"] == {"code": "TIMEOUT", "requestId": request_id_of(response)}
+
+    # Another writer (the pipeline) holds SQLite's write lock: the audit insert waits for it
+    # until the deadline, not for SQLite's 30 s busy timeout, and the request is then 504.
+    import sqlite3
+    import time
+
+    monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.5)
+    pipeline = sqlite3.connect(str(hub_api.engine.url.database), isolation_level=None)
+    try:
+        pipeline.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        locked_out = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
+        waited = time.monotonic() - started
+    finally:
+        pipeline.execute("ROLLBACK")
+        pipeline.close()
+    assert locked_out.status_code == 504 and waited < 5
     monkeypatch.undo()
     assert post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
 

@@ -56,6 +56,7 @@ from campushub.graphql.context import RequestContext
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
+from campushub.models.engine import BUSY_TIMEOUT_MS
 
 log = logging.getLogger("campushub.api")
 
@@ -257,9 +258,14 @@ class GraphQLApp:
                 if any(_interrupted(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
             # No read without its audit row: written (and committed with any mutation) first.
-            with self._sqlite_writes:
-                audit.write(connection)
-                connection.commit()
+            try:
+                with self._sqlite_writes:
+                    audit.write(connection)
+                    connection.commit()
+            except DBAPIError as error:
+                if _interrupted(error):  # the deadline passed, waiting for another writer or writing
+                    raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
+                raise
         if self._checkpoints is not None:
             self._checkpoints.wrote()
         return self._body(result, request_id)
@@ -332,21 +338,30 @@ class GraphQLApp:
 def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
     """On SQLite, a statement of this request running past its deadline is interrupted: an
     operation running on the event loop cannot be abandoned as a thread's can. (PostgreSQL
-    requests run on threads, abandoned at the timeout.)"""
+    requests run on threads, abandoned at the timeout; made to run on the event loop there
+    with CAMPUSHUB_API_THREADS=0, they have no deadline but a `statement_timeout` the server
+    may set.)"""
     if connection.dialect.name != "sqlite":
         yield
         return
     driver = connection.connection.driver_connection
     deadline = time.monotonic() + seconds
     driver.set_progress_handler(lambda: time.monotonic() > deadline, DEADLINE_CHECK_STEPS)
+    # Waiting for another writer (the pipeline's transaction: SQLite has one writer at a time)
+    # is not statement work the handler sees: that wait is bounded by the deadline too.
+    driver.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
     try:
         yield
     finally:
         driver.set_progress_handler(None, 0)
+        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 def _interrupted(error: BaseException | None) -> bool:
-    return isinstance(error, DBAPIError) and "interrupted" in str(error.orig)
+    """Stopped at the deadline: interrupted mid-statement, or still locked out when it came."""
+    if not isinstance(error, DBAPIError):
+        return False
+    return "interrupted" in str(error.orig) or "database is locked" in str(error.orig)
 
 
 # Every method reaches the handler, which refuses all but GET and POST itself (with a request id).

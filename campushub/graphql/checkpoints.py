@@ -6,7 +6,8 @@ audit rows, so every few hundred requests one of them would wait for a checkpoin
 operations running on the event loop (`execution.Executor`), every request queued behind it.
 The API's connections therefore leave checkpoints to a thread of their own, which checkpoints
 (PASSIVE: it never waits for readers or writers) once a second while requests write, and ends
-when they stop. Other connections (the pipeline's) keep SQLite's default.
+when they stop. Other connections (the pipeline's, in its own process) keep SQLite's default;
+so do the commits of this engine's other users up to the next API write, which checkpoints them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Checkpoints:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         event.listen(engine, "connect", _no_autocheckpoint)
-        engine.dispose()  # connections pooled before now would still checkpoint on commit
+        if engine.url.database not in (None, "", ":memory:"):  # disposing would drop an in-memory database
+            engine.dispose()  # connections pooled before now would still checkpoint on commit
 
     def wrote(self) -> None:
         """A request committed: make sure its log pages reach the database file soon."""

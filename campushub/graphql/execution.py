@@ -109,15 +109,14 @@ class PlainLeafExecution(ExecutionContext):
         node = field_nodes[0]
         plain = self.plain.get((parent_type.name, node.name.value))
         if plain is not None and not node.arguments and self.middleware_manager is None:
-            if isinstance(source, dict):
-                value = source.get(plain.attribute, plain.default)
-            else:
-                value = getattr(source, plain.attribute, plain.default)
-            if value is not None:
-                try:
-                    serialized = plain.leaf.serialize(value)
-                except Exception:  # the standard way reports it, located in the answer
-                    serialized = None
-                if serialized is not None and serialized is not Undefined:
-                    return serialized
+            try:
+                if isinstance(source, dict):
+                    value = source.get(plain.attribute, plain.default)
+                else:
+                    value = getattr(source, plain.attribute, plain.default)
+                serialized = None if value is None else plain.leaf.serialize(value)
+            except Exception:  # the standard way reports it, located in the answer
+                serialized = None
+            if serialized is not None and serialized is not Undefined:
+                return serialized
         return super().execute_field(parent_type, source, field_nodes, path)

@@ -25,12 +25,15 @@ def database_url() -> str:
     return f"sqlite:///{DATA_DIR / 'campushub.db'}"
 
 
+BUSY_TIMEOUT_MS = 30_000  # how long an SQLite writer waits for another's transaction
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cursor.close()
 
 

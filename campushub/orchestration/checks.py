@@ -38,6 +38,7 @@ from sqlalchemy import Engine
 
 from campushub.models import quality
 from campushub.models.service import record_check_result
+from campushub.orchestration.assets.unified import UNIFIED_POOL
 from campushub.orchestration.resources import DatabaseResource
 
 
@@ -100,7 +101,7 @@ VALIDATED_AT = "validated_at"  # when a columns evaluation began: what was writt
 # Stamps and the check's clock are one host's, but a row stamped just before a validation began
 # may commit just after: rows stamped this close before the last validation are validated again.
 STAMP_MARGIN = dt.timedelta(seconds=5)
-FULL_SWEEP_MODES = frozenset({"reconcile"})  # runs (by their campushub/mode tag) that validate everything
+FULL_SWEEP_MODES = frozenset({"reconcile"})  # runs (by job, or campushub/mode tag) that validate everything
 HISTORY = 20  # evaluations looked back through for the last finished one
 
 RULES: dict[str, Rule] = {
@@ -180,7 +181,7 @@ def validated_before(context: AssetCheckExecutionContext, key: AssetCheckKey) ->
     """Rows written before this instant need no validation again: the last columns evaluation
     passed and saw them. None — validate every row — after a failure (the rows it refused are
     still there), in a full-sweep run, or when there is no such evaluation."""
-    if context.run.tags.get("campushub/mode") in FULL_SWEEP_MODES:
+    if context.run.tags.get("campushub/mode") in FULL_SWEEP_MODES or context.run.job_name in FULL_SWEEP_MODES:
         return None
     evaluation = _last_evaluation(context, key)
     entry = getattr(evaluation, "metadata", {}).get(VALIDATED_AT)
@@ -216,6 +217,9 @@ def checks_for(entity: str) -> AssetChecksDefinition:
         ],
         can_subset=True,
         description=f"Data-quality checks on unified/{entity}.",
+        # With the writers: a check never runs while another run's write transaction is open,
+        # so every row stamped before it began is committed and seen (see `validated_before`).
+        pool=UNIFIED_POOL,
     )
     def _checks(context: AssetCheckExecutionContext, database: DatabaseResource) -> Iterator[AssetCheckResult]:
         for name in names:
