@@ -813,3 +813,27 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
     assert log._thread is not None and not log._thread.is_alive()  # it ended once writes stopped
     assert database.stat().st_size > before + 5_000_000  # the thread folded the log into the file
     engine.dispose()
+
+
+def test_sqlite_audit_writes_queue_across_worker_processes(tmp_path: Any) -> None:
+    """Two workers' locks on one database (two open files, as two processes have) exclude each
+    other, and the waiter goes on the moment the holder is done."""
+    import time
+
+    from campushub.graphql.checkpoints import SQLiteWriters
+
+    database = str(tmp_path / "campushub.db")
+    first, second = SQLiteWriters(database), SQLiteWriters(database)
+    entered = threading.Event()
+
+    def other_worker() -> None:
+        with second:
+            entered.set()
+
+    with first:
+        waiter = threading.Thread(target=other_worker)
+        waiter.start()
+        assert not entered.wait(0.2)  # held out while the first writes
+        released = time.monotonic()
+    assert entered.wait(2) and time.monotonic() - released < 0.5
+    waiter.join()

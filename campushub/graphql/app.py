@@ -51,7 +51,7 @@ from starlette.routing import BaseRoute, Route
 
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
-from campushub.graphql.checkpoints import Checkpoints
+from campushub.graphql.checkpoints import Checkpoints, SQLiteWriters
 from campushub.graphql.context import RequestContext
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
@@ -222,12 +222,9 @@ class GraphQLApp:
         self.documents = DocumentCache(schema, settings)
         PlainLeafExecution.plain = plain_leaves(schema)
         self.executor = Executor.for_engine(engine, REQUEST_TIMEOUT_S)
-        # SQLite takes one writer at a time, and a writer that finds it locked sleeps in steps
-        # (1, 2, 5, 10 ms …) before it tries again. This worker's threads queue for their audit
-        # writes here instead, each woken the moment the last is done: only the other workers'
-        # writes are left to wait for. (PostgreSQL inserts do not block each other.)
+        sqlite_file = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
         self._sqlite_writes: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+            SQLiteWriters(str(engine.url.database)) if sqlite_file else contextlib.nullcontext()
         )
         self._checkpoints = Checkpoints(engine) if engine.dialect.name == "sqlite" else None
 
