@@ -155,22 +155,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The GraphQL API on uvicorn; the schema is migrated to head first."""
-    import uvicorn
-
+    from campushub.graphql.serving import serve
     from campushub.models.engine import make_engine
     from campushub.models.migrate import upgrade
 
     upgrade(make_engine())
-    uvicorn.run(
-        "campushub.graphql.app:create_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level="warning",
-        access_log=False,
-    )
-    return 0
+    return serve(args.host, args.port, args.workers)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
