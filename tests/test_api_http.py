@@ -789,7 +789,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
 
     from sqlalchemy import text
 
-    from campushub.graphql import checkpoints
+    from campushub.graphql import sqlite_writes
     from campushub.models.engine import make_engine
 
     database = tmp_path / "wal.db"
@@ -797,7 +797,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE audit (n INTEGER, body BLOB)"))
     engine.dispose()
-    log = checkpoints.Checkpoints(engine)
+    log = sqlite_writes.Checkpoints(engine)
     before = database.stat().st_size
     for batch in range(6):  # ~6 MB: far past SQLite's 1,000-page threshold, over several commits
         with engine.begin() as connection:
@@ -807,7 +807,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
             )
     assert database.stat().st_size == before  # every page still in the log: no commit checkpointed
     log.wrote()
-    deadline = time.monotonic() + 10 * checkpoints.INTERVAL_S
+    deadline = time.monotonic() + 10 * sqlite_writes.INTERVAL_S
     while log._thread is not None and log._thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert log._thread is not None and not log._thread.is_alive()  # it ended once writes stopped
@@ -820,7 +820,7 @@ def test_sqlite_audit_writes_queue_across_worker_processes(tmp_path: Any) -> Non
     other, and the waiter goes on the moment the holder is done."""
     import time
 
-    from campushub.graphql.checkpoints import SQLiteWriters
+    from campushub.graphql.sqlite_writes import SQLiteWriters
 
     database = str(tmp_path / "campushub.db")
     first, second = SQLiteWriters(database), SQLiteWriters(database)

@@ -51,11 +51,11 @@ from starlette.routing import BaseRoute, Route
 
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
-from campushub.graphql.checkpoints import Checkpoints, SQLiteWriters
 from campushub.graphql.context import RequestContext
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
+from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
 from campushub.models.engine import BUSY_TIMEOUT_MS
 
 log = logging.getLogger("campushub.api")
@@ -226,7 +226,7 @@ class GraphQLApp:
         self._sqlite_writes: contextlib.AbstractContextManager[Any] = (
             SQLiteWriters(str(engine.url.database)) if sqlite_file else contextlib.nullcontext()
         )
-        self._checkpoints = Checkpoints(engine) if engine.dialect.name == "sqlite" else None
+        self._checkpoints = Checkpoints(engine) if sqlite_file else None
 
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
@@ -252,7 +252,7 @@ class GraphQLApp:
             )
             if result.errors:
                 connection.rollback()  # a mutation that failed half-way leaves nothing
-                if any(_interrupted(error.original_error) for error in result.errors):
+                if any(_past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
             # No read without its audit row: written (and committed with any mutation) first.
             try:
@@ -260,7 +260,7 @@ class GraphQLApp:
                     audit.write(connection)
                     connection.commit()
             except DBAPIError as error:
-                if _interrupted(error):  # the deadline passed, waiting for another writer or writing
+                if _past_deadline(error):  # the deadline passed, waiting for another writer or writing
                     raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
                 raise
         if self._checkpoints is not None:
@@ -354,7 +354,7 @@ def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
         driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-def _interrupted(error: BaseException | None) -> bool:
+def _past_deadline(error: BaseException | None) -> bool:
     """Stopped at the deadline: interrupted mid-statement, or still locked out when it came."""
     if not isinstance(error, DBAPIError):
         return False

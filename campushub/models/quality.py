@@ -119,17 +119,6 @@ TABLE_RULES: dict[str, TableRules] = {
     "card_transaction": TableRules(key=("seq",), not_null=("card_no", "amount_fen", "balance_after_fen")),
 }
 
-# The column stamped with when a row was last written (by the pipeline's upserts and updates
-# alike), so a run can validate what it wrote. Daily event tables are windowed by day instead.
-WRITTEN_AT: dict[str, str] = {
-    **dict.fromkeys(
-        ("org_unit", "major", "class_group", "course", "student", "grade", "staff", "fee_bill", "payment"),
-        "loaded_at",
-    ),
-    "card_account": "loaded_at",
-    "person": "updated_at",
-}
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -199,6 +188,14 @@ def _timed(rule: Callable[..., Outcome]) -> Callable[..., Outcome]:
 
 def _table(name: str) -> Table:
     return Base.metadata.tables[name]
+
+
+def _written_at(table: str) -> str | None:
+    """The column stamped with when a row was last written (by the pipeline's upserts and
+    updates alike), so a run can validate what it wrote; None for daily event tables, which
+    are windowed by day instead."""
+    columns = _table(table).c
+    return next((name for name in ("loaded_at", "updated_at") if name in columns), None)
 
 
 def _has_deleted_at(table: str) -> bool:
@@ -324,7 +321,7 @@ def column_expectations(
     - `days` (a partition run's first and last day): for a table of daily events, the rows of
       those days alone when they are few — a run refreshing today's card transactions need
       not read the year's millions again;
-    - `written_since`: the rows written at or after that instant (`WRITTEN_AT`), for a run
+    - `written_since`: the rows written at or after that instant (`_written_at`), for a run
       following a passing validation of everything written before it.
 
     Either batch is complete for these rules: every one of them is about a row by itself,
@@ -344,9 +341,9 @@ def column_expectations(
         first, last = (day.isoformat() for day in days)  # dates, so the literals are safe
         window = {"days": f"{first}..{last}"}
         where, label = f"day BETWEEN '{first}' AND '{last}'", f"{first}..{last}"
-    elif written_since is not None and table in WRITTEN_AT:
+    elif written_since is not None and (stamp := _written_at(table)) is not None:
         window = {"written_since": written_since.isoformat()}
-        where = f"{WRITTEN_AT[table]} >= {_instant_literal(url, written_since)}"
+        where = f"{stamp} >= {_instant_literal(url, written_since)}"
         label = f"since {written_since.isoformat()}"
     if window:
         with _query_validation(url, table, name, where, label) as validation:

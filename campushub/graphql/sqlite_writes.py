@@ -35,14 +35,15 @@ def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Checkpoints:
+    """For an engine on an SQLite file (disposing an in-memory database's engine would drop it)."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = weakref.ref(engine)  # a thread of ours must not keep a dropped engine alive
         self._wrote = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         event.listen(engine, "connect", _no_autocheckpoint)
-        if engine.url.database not in (None, "", ":memory:"):  # disposing would drop an in-memory database
-            engine.dispose()  # connections pooled before now would still checkpoint on commit
+        engine.dispose()  # connections pooled before now would still checkpoint on commit
 
     def wrote(self) -> None:
         """A request committed: make sure its log pages reach the database file soon."""
