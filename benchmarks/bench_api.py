@@ -67,7 +67,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from campushub.graphql.app import REQUEST_TIMEOUT_S, ApiSettings, create_app
+from campushub.graphql.app import REQUEST_TIMEOUT_S, ApiSettings, api_engine, create_app
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, mint_token, verify_token
 from campushub.graphql.demo import demo_users
@@ -283,7 +283,7 @@ class BaselineApp:
     """The enrollment certificate without GraphQL: what any implementation must do."""
 
     def __init__(self) -> None:
-        self.engine = make_engine()
+        self.engine = api_engine()  # pooled as the API pools them
         self.statement = _baseline_statement()
         # Run where the API runs its operations (the event loop on SQLite, threads on PostgreSQL).
         self.executor = Executor.for_engine(self.engine, REQUEST_TIMEOUT_S)

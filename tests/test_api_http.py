@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from graphql import parse as graphql_parse
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import ProgrammingError
 
 import campushub.graphql.app as app_module
@@ -33,6 +34,7 @@ from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AUDIENCE, ISSUER, AuthError, Principal, development_secret, mint_token, verify_token
 from campushub.graphql.limits import MAX_PAGE_SIZE, Limits
 from campushub.graphql.schema import SCHEMA
+from campushub.models.service import AuditEntry
 from tests.api_support import ApiHub, ApiServer
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
@@ -765,6 +767,35 @@ def test_a_request_past_its_deadline_is_504_and_its_statement_is_stopped(
     assert locked_out.status_code == 504 and waited < 5
     monkeypatch.undo()
     assert post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
+
+
+def test_a_query_outlives_its_pooled_connections_being_closed(hub_api: ApiHub) -> None:
+    """The API's pool is not pinged before each use: when the database closes pooled
+    connections (a restart, an idle timeout), the query that meets a dead one runs again on a
+    fresh connection — answered, and audited once."""
+    if hub_api.engine.dialect.name != "postgresql":
+        pytest.skip("an SQLite connection is a file: nothing closes it from the other side")
+    engine = app_module.api_engine(hub_api.engine.url.render_as_string(hide_password=False))
+    backends: list[int] = []
+    event.listen(engine, "connect", lambda dbapi_connection, _: backends.append(dbapi_connection.info.backend_pid))
+    try:
+        with ApiServer(engine, ApiSettings()) as server:
+            assert post(server.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
+            assert backends and engine.pool.checkedin() == len(backends)  # pooled, idle
+            with hub_api.engine.connect() as admin:
+                for pid in backends:
+                    assert admin.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar_one()
+            response = post(server.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
+    finally:
+        engine.dispose()
+    assert response.status_code == 200, response.text
+    assert "errors" not in response.json()
+    assert len(backends) > 1  # the request was answered on a new connection
+    with hub_api.engine.connect() as connection:
+        audited = connection.execute(
+            select(func.count()).where(AuditEntry.request_id == request_id_of(response))
+        ).scalar_one()
+    assert audited == 1
 
 
 def test_executor_runs_inline_or_abandons_a_thread_at_the_timeout() -> None:

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, RowMapping, delete, func, insert, select
+from sqlalchemy import Engine, RowMapping, delete, event, func, insert, select
 
 from campushub.graphql.auth import Principal
 from campushub.graphql.coverage import FILLABLE, POPULATION, coverage
 from campushub.graphql.forms import Form, FormField, catalog
 from campushub.graphql.permissions import ROLES
-from campushub.graphql.prefill import PATHS, Filled, entities_of, fill, load_subjects
+from campushub.graphql.prefill import PATHS, Filled, entities_of, fill, load_own, load_subjects
 from campushub.models.landing import QuarantinedRecord
 from campushub.models.protect import decrypt_id
 from campushub.models.service import AuditEntry
@@ -366,6 +366,28 @@ def test_prefill_releases_and_audits_only_the_declared_fields(hub_api: ApiHub, f
     assert set(released) <= {field.name for field in form.fields if field.path}
 
 
+def test_a_prefill_of_ones_own_record_costs_three_statements(hub_api: ApiHub) -> None:
+    """Each statement is a round trip, and a request's own cost on PostgreSQL: who the caller
+    is comes with their golden record, its provenance and their student rows; then the quality
+    facts (conflicts, quarantine, last syncs) in one union; then the audit insert."""
+    form = catalog()["enrollment_certificate"]
+    api = hub_api.as_principal(user_for(hub_api, form))
+    statements: list[str] = []
+
+    def count(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(hub_api.engine, "before_cursor_execute", count)
+    try:
+        answer, _ = prefill(api, form.id)
+    finally:
+        event.remove(hub_api.engine, "before_cursor_execute", count)
+    assert all(field["quality"] != "MISSING" for field in answer["data"]["prefill"]["fields"][:3])
+    assert len(statements) == 3, statements
+    assert all(table in statements[0] for table in ("field_provenance", "own_student", "class_group"))
+    assert statements[-1].startswith("INSERT INTO audit_log")
+
+
 @pytest.mark.parametrize("form_id", FORMS)
 def test_a_role_the_form_is_not_for_is_refused_and_audited(hub_api: ApiHub, form_id: str) -> None:
     form = catalog()[form_id]
@@ -546,3 +568,26 @@ def test_counted_coverage_equals_filling_every_form(hub_api: ApiHub) -> None:
             counted = coverage(connection, form)
             assert counted.population == len(people), form.id
             assert dict(counted.filled) == filled, form.id
+
+
+@pytest.mark.parametrize("anchor", ["student", "staff"])
+def test_ones_own_records_are_what_the_general_loader_finds(hub_api: ApiHub, anchor: str) -> None:
+    """`load_own` finds the caller by the key their token names in the statement that reads
+    their golden record (and their student rows): the same records, field for field and flag
+    for flag, as loading the person by id."""
+    table, key = (Student, Student.student_no) if anchor == "student" else (Staff, Staff.staff_no)
+    now = dt.datetime.now(dt.UTC)
+    with hub_api.engine.connect() as connection:
+        callers = connection.execute(
+            select(key, table.person_id).where(table.deleted_at.is_(None), table.person_id.is_not(None)).limit(40)
+        ).all()
+        assert callers
+        for form in catalog().values():
+            entities = entities_of(form.paths)
+            for caller_key, person_id in callers:
+                own = load_own(connection, anchor, caller_key, entities, now=now)
+                assert own is not None and own[0] == person_id
+                general = load_subjects(connection, [person_id], entities, now=now)[person_id]
+                assert fill(form, own[1]) == fill(form, general), (form.id, caller_key)
+                assert own[1].notes == general.notes
+        assert load_own(connection, anchor, "no such key", frozenset({"person", "student"}), now=now) is None

@@ -231,10 +231,30 @@ class GraphQLApp:
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
     ) -> dict[str, Any]:
-        audit = AuditTrail(request_id, principal.subject, principal.role)
         operation = _operation(document, name)
+        query = operation is not None and operation.operation == OperationType.QUERY
+        try:
+            return self._run_once(principal, request_id, document, variables, name, query)
+        except _ConnectionLost:
+            # Pooled connections are not pinged before use (a round trip on every request):
+            # one lost while pooled — the database restarted — fails its first statement, and
+            # the pool replaces it and every connection as old. A query wrote nothing, its audit
+            # rows included: it runs once more. (A mutation is not retried: its commit may have
+            # happened.)
+            return self._run_once(principal, request_id, document, variables, name, query)
+
+    def _run_once(
+        self,
+        principal: Principal,
+        request_id: str,
+        document: DocumentNode,
+        variables: dict | None,
+        name: str | None,
+        query: bool,
+    ) -> dict[str, Any]:
+        audit = AuditTrail(request_id, principal.subject, principal.role)
         with self.engine.connect() as connection, _deadline(connection, REQUEST_TIMEOUT_S):
-            if operation is not None and operation.operation == OperationType.QUERY:
+            if query:
                 # A query writes nothing but its audit rows, in one atomic statement: it needs no
                 # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
                 # None spares PostgreSQL the BEGIN and COMMIT round trips, and SQLite a write lock
@@ -251,6 +271,8 @@ class GraphQLApp:
                 execution_context_class=PlainLeafExecution,
             )
             if result.errors:
+                if query and any(_connection_lost(error.original_error) for error in result.errors):
+                    raise _ConnectionLost
                 connection.rollback()  # a mutation that failed half-way leaves nothing
                 if any(_past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
@@ -260,6 +282,8 @@ class GraphQLApp:
                     audit.write(connection)
                     connection.commit()
             except DBAPIError as error:
+                if query and _connection_lost(error):
+                    raise _ConnectionLost from error
                 if _past_deadline(error):  # the deadline passed, waiting for another writer or writing
                     raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
                 raise
@@ -354,6 +378,14 @@ def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
         driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
+class _ConnectionLost(Exception):
+    """A query's connection was found closed by the database, before anything was written."""
+
+
+def _connection_lost(error: BaseException | None) -> bool:
+    return isinstance(error, DBAPIError) and error.connection_invalidated
+
+
 def _past_deadline(error: BaseException | None) -> bool:
     """Stopped at the deadline: interrupted mid-statement, or still locked out when it came."""
     if not isinstance(error, DBAPIError):
@@ -418,12 +450,19 @@ def _dev_routes(engine: Engine) -> list[Route]:
     return [Route("/dev/users", list_users), Route("/dev/token", token)]
 
 
+def api_engine(url: str | None = None) -> Engine:
+    """The API's engine: its pool is not pinged before each use (a round trip, on PostgreSQL a
+    sixth of a prefill's); a connection found lost costs a query one retry instead."""
+    from campushub.models.engine import make_engine
+
+    return make_engine(url, pool_pre_ping=False)
+
+
 def create_app(engine: Engine | None = None, settings: ApiSettings | None = None) -> Starlette:
     from campushub.graphql.documents import DocumentRoutes
-    from campushub.models.engine import make_engine
     from campushub.web import routes as web_routes
 
-    engine = engine or make_engine()
+    engine = engine or api_engine()
     settings = settings or ApiSettings.from_env()
     graphql = GraphQLApp(engine, settings, SCHEMA.graphql_schema)
     documents = DocumentRoutes(engine, settings.development)

@@ -18,7 +18,8 @@ from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import Principal
 from campushub.graphql.forms import Form, catalog
 from campushub.graphql.permissions import ROLES, Role
-from campushub.models.unified import OrgUnit, Staff, Student
+from campushub.graphql.prefill import Records, load_own, own_anchor, own_person_statement
+from campushub.models.unified import OrgUnit
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -70,10 +71,7 @@ class BatchLoader(Generic[K, V]):
         return self._cache[key]
 
 
-# Built once: every request asks who its caller is, and building a statement costs more than
-# running it.
-_OWN_STUDENT = select(Student.person_id).where(Student.student_no == bindparam("key"), Student.deleted_at.is_(None))
-_OWN_STAFF = select(Staff.person_id).where(Staff.staff_no == bindparam("key"), Staff.deleted_at.is_(None))
+# Built once: building a statement costs more than running it.
 _ORG_UNIT = select(OrgUnit.id).where(OrgUnit.code == bindparam("key"))
 
 
@@ -93,8 +91,16 @@ class RequestContext:
     @cached_property
     def person_id(self) -> int | None:
         """The caller's own golden record, found by the 学号 or 工号 the token names."""
-        query = _OWN_STUDENT if self.principal.role == "student" else _OWN_STAFF
-        return self.connection.execute(query, {"key": self.principal.subject}).scalar()
+        query = own_person_statement(own_anchor(self.principal.role))
+        return self.connection.execute(query, {"own_key": self.principal.subject}).scalar()
+
+    def own_records(self, entities: frozenset[str]) -> Records | None:
+        """The caller's own records for `entities` (None: no golden record of them yet),
+        learning who they are from the same statement rather than one of its own."""
+        found = load_own(self.connection, own_anchor(self.principal.role), self.principal.subject, entities)
+        # What `person_id` would have found: cached_property keeps its value in the instance.
+        self.__dict__["person_id"] = found[0] if found else None
+        return found[1] if found else None
 
     @cached_property
     def org_unit_id(self) -> int | None:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     ColumnElement,
     CompoundSelect,
     Connection,
+    FromClause,
     RowMapping,
     Select,
     String,
@@ -392,27 +393,34 @@ def _students_by_no(numbers: Sequence[str]) -> dict[str, Any]:
     return {"student_nos": list(numbers), "student_no": numbers[0]}
 
 
-@cache
-def _students_statement(one: bool) -> Select[Any]:
+def _with_student_names(statement: Select[Any], student: FromClause) -> Select[Any]:
+    """`statement` with the names of `student`'s college, major and class, as its record shows them."""
     college, major, klass = OrgUnit.__table__.alias("college"), Major.__table__, ClassGroup.__table__
     return (
-        select(
-            Student.__table__,
-            college.c.name.label("college_name"),
-            major.c.name.label("major_name"),
-            klass.c.name.label("class_name"),
+        statement.add_columns(
+            college.c.name.label("college_name"), major.c.name.label("major_name"), klass.c.name.label("class_name")
         )
-        .outerjoin(college, college.c.id == Student.college_id)
-        .outerjoin(major, major.c.id == Student.major_id)
-        .outerjoin(klass, klass.c.id == Student.class_id)
-        .where(_among_people(Student.person_id, one), Student.deleted_at.is_(None))
+        .outerjoin(college, college.c.id == student.c.college_id)
+        .outerjoin(major, major.c.id == student.c.major_id)
+        .outerjoin(klass, klass.c.id == student.c.class_id)
     )
+
+
+@cache
+def _students_statement(one: bool) -> Select[Any]:
+    return _with_student_names(select(Student.__table__), Student.__table__).where(
+        _among_people(Student.person_id, one), Student.deleted_at.is_(None)
+    )
+
+
+def _preferred_student(row: RowMapping) -> tuple[dt.date, str]:
+    return row["entry_date"] or dt.date.min, row["student_no"]
 
 
 def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
     statement = _students_statement(len(person_ids) == 1)
     rows = connection.execute(statement, _people(person_ids)).mappings()
-    return _by_person(rows, lambda row: (row["entry_date"] or dt.date.min, row["student_no"]))
+    return _by_person(rows, _preferred_student)
 
 
 @cache
@@ -599,9 +607,50 @@ def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime) -
     return overdue
 
 
+# Who a caller is: their token names a 学号 (students) or a 工号 (everyone else), whose row
+# links to their golden record.
+_OWN_KEYS: dict[str, ColumnElement[str]] = {"student": Student.student_no, "staff": Staff.staff_no}
+_OWN_KEY = bindparam("own_key")
+
+
+def own_anchor(role: str) -> str:
+    return "student" if role == "student" else "staff"
+
+
+def _own(anchor: str) -> tuple[Any, Any]:
+    """The join to the caller's own student or staff row, and the condition that finds it."""
+    table = Student if anchor == "student" else Staff
+    return table, and_(_OWN_KEYS[anchor] == _OWN_KEY, table.deleted_at.is_(None))
+
+
 @cache
-def _persons_statement(with_provenance: bool, one: bool) -> Select[Any]:
-    persons = select(Person.__table__).where(_among_people(Person.id, one))
+def own_person_statement(anchor: str) -> Select[Any]:
+    table, found = _own(anchor)
+    return select(table.person_id).where(found)
+
+
+# The columns of the caller's student rows when they come with their golden record.
+_OWN_STUDENT = Student.__table__.alias("own_student")
+_OWN_STUDENT_PREFIX = "own_student__"
+
+
+@cache
+def _persons_statement(
+    with_provenance: bool, one: bool, own: str | None = None, with_student: bool = False
+) -> Select[Any]:
+    """The people's golden records. With `own` ("student" or "staff"), the caller's own, found
+    by the key their token names — and `with_student`, their student rows too — in the same
+    statement: every round trip saved counts in a request about oneself."""
+    if own is None:
+        persons = select(Person.__table__).where(_among_people(Person.id, one))
+    else:
+        table, found = _own(own)
+        persons = select(Person.__table__).join(table, table.person_id == Person.id).where(found)
+    if with_student:
+        student = _OWN_STUDENT
+        columns = [column.label(_OWN_STUDENT_PREFIX + column.name) for column in student.c]
+        current = and_(student.c.person_id == Person.id, student.c.deleted_at.is_(None))
+        persons = _with_student_names(persons.add_columns(*columns).outerjoin(student, current), student)
     if not with_provenance:
         return persons
     # With each golden field's provenance, in the same statement: a row per field, each
@@ -626,15 +675,58 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    one = len(ids) == 1
-    persons = _persons_statement("person" in entities and with_quality, one)
-    for row in connection.execute(persons, _people(ids)).mappings():
-        found = records[row["id"]]
+    persons = _persons_statement("person" in entities and with_quality, len(ids) == 1)
+    _take_persons(records, connection.execute(persons, _people(ids)).mappings())
+    _load_rest(connection, records, entities, with_quality, now)
+    return records
+
+
+def load_own(
+    connection: Connection, anchor: str, key: str, entities: frozenset[str], *, now: dt.datetime | None = None
+) -> tuple[int, Records] | None:
+    """The caller's own records, as `load_subjects` loads them, found by the 学号 (`anchor`
+    "student") or 工号 ("staff") their token names; None when no golden record links to it."""
+    with_student = "student" in entities
+    statement = _persons_statement("person" in entities, True, anchor, with_student)
+    rows = connection.execute(statement, {"own_key": key}).mappings().all()
+    records: dict[int, Records] = {}
+    _take_persons(records, rows)
+    if not records:
+        return None
+    ((person_id, found),) = records.items()
+    if with_student:
+        students = [_own_student(row) for row in rows if row[_OWN_STUDENT_PREFIX + "id"] is not None]
+        found.student = max(students, key=_preferred_student, default=None)
+    _load_rest(connection, records, entities, True, now, students_loaded=with_student)
+    return person_id, found
+
+
+def _own_student(row: RowMapping) -> dict[str, Any]:
+    """A student row as `_students` reads it, from the columns it had in the persons statement."""
+    student = {column.name: row[_OWN_STUDENT_PREFIX + column.name] for column in _OWN_STUDENT.c}
+    return student | {name: row[name] for name in ("college_name", "major_name", "class_name")}
+
+
+def _take_persons(records: dict[int, Records], rows: Iterable[RowMapping]) -> None:
+    for row in rows:
+        found = records.setdefault(row["id"], Records())
         if found.person is None:
             found.person = row
         if row.get("field") is not None:
             found.provenance[row["field"]] = row
-    if "student" in entities:
+
+
+def _load_rest(
+    connection: Connection,
+    records: dict[int, Records],
+    entities: frozenset[str],
+    with_quality: bool,
+    now: dt.datetime | None,
+    *,
+    students_loaded: bool = False,
+) -> None:
+    ids = list(records)
+    if "student" in entities and not students_loaded:
         for person_id, row in _students(connection, ids).items():
             records[person_id].student = row
     if "staff" in entities:
@@ -656,7 +748,6 @@ def load_subjects(
             by_student_no[summary["student_no"]].grades = summary
     if with_quality:
         _quality_notes(connection, records, now or dt.datetime.now(dt.UTC), entities)
-    return records
 
 
 def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
@@ -672,4 +763,4 @@ def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
     return outcomes
 
 
-__all__ = ["PATHS", "Filled", "Missing", "Records", "entities_of", "fill", "load_subjects"]
+__all__ = ["PATHS", "Filled", "Missing", "Records", "entities_of", "fill", "load_own", "load_subjects", "own_anchor"]

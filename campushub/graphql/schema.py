@@ -24,7 +24,7 @@ from campushub.graphql.coverage import Coverage, coverage
 from campushub.graphql.forms import Form as FormSpec
 from campushub.graphql.forms import FormField, catalog
 from campushub.graphql.limits import check_page_size, parse_key
-from campushub.graphql.prefill import Filled, entities_of, fill, load_subjects
+from campushub.graphql.prefill import Filled, entities_of, fill
 from campushub.graphql.records import (
     PageInfo,
     StaffType,
@@ -261,10 +261,10 @@ class Me(graphene.ObjectType):
     @staticmethod
     def resolve_data(_: Any, info: GraphQLResolveInfo) -> list[PrefilledField]:
         context: RequestContext = info.context
-        if context.person_id is None:
-            return []
         form = my_data_form(context.role.self_entities)
-        records = load_subjects(context.connection, [context.person_id], entities_of(form.paths))[context.person_id]
+        records = context.own_records(entities_of(form.paths))
+        if records is None:
+            return []
         outcomes = fill(form, records)
         context.audit.read(context.person_id, "my_data", [name for name, _ in outcomes], "self")
         return [_prefilled(form_field, outcome) for form_field, (_, outcome) in zip(form.fields, outcomes, strict=True)]
@@ -471,9 +471,9 @@ class Query(graphene.ObjectType):
     def resolve_prefill(_: Any, info: GraphQLResolveInfo, form_id: str) -> Prefill:
         context: RequestContext = info.context
         form = context.usable_form(form_id)
-        if context.person_id is None:
+        records = context.own_records(entities_of(form.paths))
+        if records is None:
             raise GraphQLError("no record of you in the unified layer yet", extensions={"code": "NOT_FOUND"})
-        records = load_subjects(context.connection, [context.person_id], entities_of(form.paths))[context.person_id]
         outcomes = fill(form, records)
         fields = [
             _prefilled(form_field, outcome) for form_field, (_, outcome) in zip(form.fields, outcomes, strict=True)

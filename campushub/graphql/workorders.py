@@ -34,7 +34,7 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 from campushub.graphql.context import Forbidden, RequestContext
 from campushub.graphql.forms import Form, catalog
 from campushub.graphql.limits import bad_input, bounded_text, parse_key
-from campushub.graphql.prefill import Filled, entities_of, fill, load_subjects
+from campushub.graphql.prefill import Filled, entities_of, fill
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.protect import decrypt_id, encrypt_id, mask_id
 from campushub.models.secrets import secret
@@ -388,10 +388,10 @@ def _masked(number: str) -> str:
 
 def submit_work_order(context: RequestContext, form_id: str, answers: list[dict[str, Any]]) -> WorkOrderType:
     form = context.usable_form(form_id)
-    if context.person_id is None:
+    records = context.own_records(entities_of(form.paths))
+    if records is None:
         raise GraphQLError("no record of you in the unified layer yet", extensions={"code": "NOT_FOUND"})
     by_name = _answers_by_field(form, answers)
-    records = load_subjects(context.connection, [context.person_id], entities_of(form.paths))[context.person_id]
     outcomes = dict(fill(form, records))
     fields, corrections = [], []
     for form_field in form.fields:

@@ -45,7 +45,8 @@ def make_engine(url: str | None = None, **options: Any) -> Engine:
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, **options)
+    options.setdefault("pool_pre_ping", True)
+    return create_engine(url, **options)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
