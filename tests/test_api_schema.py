@@ -120,6 +120,7 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
             "{ items { name required count colour at shout(times: 2) aliasOfName } }",
             "{ items { n: name name } dicts { name required count colour at } }",
             "{ dicts { __typename name colour } }",
+            "{ dicts { required } items { required } }",
         ):
             document = parse(query)
             standard = execute(schema, document, execution_context_class=ExecutionContext)

@@ -6,8 +6,9 @@ resolver, without arguments: a prefill's sixty `name`, `value`, `source`, `asOf`
 For each, graphql-core builds a resolve-info record, reads the (absent) arguments, calls the
 resolver through two layers of indirection and dispatches on the return type before it
 serialises — most of a prefill's execution time. `PlainLeafExecution` reads and serialises
-such a field directly. Everything else, and any value that is null or fails to serialise
-(the errors and their paths), goes the standard way.
+such a field directly, and an object made only of such fields in one pass. Everything else,
+and any value that is null or fails to serialise (the errors and their paths), goes the
+standard way.
 """
 
 from __future__ import annotations
@@ -103,20 +104,44 @@ class PlainLeafExecution(ExecutionContext):
 
     plain: dict[tuple[str, str], PlainLeaf] = {}  # noqa: RUF012 - filled once, read by every request
 
+    def execute_fields(
+        self, parent_type: GraphQLObjectType, source_value: Any, path: Path, fields: dict[str, list[FieldNode]]
+    ) -> Any:
+        """An object whose every asked-for field is a plain leaf with a value (a prefill's
+        fields: name, value, source, asOf, quality) is answered in one pass, without a path or a
+        resolve-info per field; any other object, or one holding a null or a value that does not
+        serialise, the standard way."""
+        if self.middleware_manager is None:
+            answer = {}
+            for response_name, field_nodes in fields.items():
+                serialized = self._plain_value(parent_type, source_value, field_nodes[0])
+                if serialized is None:
+                    break
+                answer[response_name] = serialized
+            else:
+                return answer
+        return super().execute_fields(parent_type, source_value, path, fields)
+
     def execute_field(
         self, parent_type: GraphQLObjectType, source: Any, field_nodes: list[FieldNode], path: Path
     ) -> Any:
-        node = field_nodes[0]
-        plain = self.plain.get((parent_type.name, node.name.value))
-        if plain is not None and not node.arguments and self.middleware_manager is None:
-            try:
-                if isinstance(source, dict):
-                    value = source.get(plain.attribute, plain.default)
-                else:
-                    value = getattr(source, plain.attribute, plain.default)
-                serialized = None if value is None else plain.leaf.serialize(value)
-            except Exception:  # the standard way reports it, located in the answer
-                serialized = None
-            if serialized is not None and serialized is not Undefined:
+        if self.middleware_manager is None:
+            serialized = self._plain_value(parent_type, source, field_nodes[0])
+            if serialized is not None:
                 return serialized
         return super().execute_field(parent_type, source, field_nodes, path)
+
+    def _plain_value(self, parent_type: GraphQLObjectType, source: Any, node: FieldNode) -> Any:
+        """The field's serialised value if it is a plain leaf holding one; None otherwise."""
+        plain = self.plain.get((parent_type.name, node.name.value))
+        if plain is None or node.arguments:
+            return None
+        try:
+            if isinstance(source, dict):
+                value = source.get(plain.attribute, plain.default)
+            else:
+                value = getattr(source, plain.attribute, plain.default)
+            serialized = None if value is None else plain.leaf.serialize(value)
+        except Exception:  # the standard way reports it, located in the answer
+            return None
+        return None if serialized is Undefined else serialized

@@ -95,7 +95,7 @@ class Records:
     """One person's rows, as far as the asked-for paths need them."""
 
     person: RowMapping | None = None
-    student: RowMapping | None = None
+    student: Mapping[str, Any] | None = None  # a row, or one read with the golden record (load_own)
     staff: RowMapping | None = None
     card: RowMapping | None = None
     bills: list[RowMapping] = field(default_factory=list)
