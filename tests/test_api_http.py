@@ -778,16 +778,24 @@ def test_a_query_outlives_its_pooled_connections_being_closed(hub_api: ApiHub) -
     engine = app_module.api_engine(hub_api.engine.url.render_as_string(hide_password=False))
     backends: list[int] = []
     event.listen(engine, "connect", lambda dbapi_connection, _: backends.append(dbapi_connection.info.backend_pid))
+
+    def close_the_pools_connections() -> None:
+        assert backends and engine.pool.checkedin() > 0  # pooled, idle
+        with hub_api.engine.connect() as admin:
+            for pid in backends:
+                admin.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
+
     try:
         with ApiServer(engine, ApiSettings()) as server:
             assert post(server.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
-            assert backends and engine.pool.checkedin() == len(backends)  # pooled, idle
-            with hub_api.engine.connect() as admin:
-                for pid in backends:
-                    assert admin.execute(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid}).scalar_one()
+            close_the_pools_connections()
             response = post(server.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
+            # The document routes too: a well-shaped code no work order has is still "not valid", not a 500.
+            close_the_pools_connections()
+            verified = httpx.get(server.url.replace("/graphql", "/api/verify"), params={"code": "AAAA-BBBB-CCCC-DDDD"})
     finally:
         engine.dispose()
+    assert verified.status_code == 404 and verified.json()["valid"] is False
     assert response.status_code == 200, response.text
     assert "errors" not in response.json()
     assert len(backends) > 1  # the request was answered on a new connection

@@ -56,7 +56,7 @@ from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leav
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import BUSY_TIMEOUT_MS
+from campushub.models.engine import BUSY_TIMEOUT_MS, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")
 
@@ -232,16 +232,13 @@ class GraphQLApp:
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
     ) -> dict[str, Any]:
         operation = _operation(document, name)
-        query = operation is not None and operation.operation == OperationType.QUERY
-        try:
-            return self._run_once(principal, request_id, document, variables, name, query)
-        except _ConnectionLost:
-            # Pooled connections are not pinged before use (a round trip on every request):
-            # one lost while pooled — the database restarted — fails its first statement, and
-            # the pool replaces it and every connection as old. A query wrote nothing, its audit
-            # rows included: it runs once more. (A mutation is not retried: its commit may have
-            # happened.)
-            return self._run_once(principal, request_id, document, variables, name, query)
+        if operation is None or operation.operation != OperationType.QUERY:
+            # Not retried: a mutation's commit may have happened before its connection was lost.
+            return self._run_once(principal, request_id, document, variables, name, query=False)
+        # A query writes nothing but its audit rows, at its end.
+        return once_more_if_disconnected(
+            lambda: self._run_once(principal, request_id, document, variables, name, query=True)
+        )
 
     def _run_once(
         self,
@@ -271,8 +268,9 @@ class GraphQLApp:
                 execution_context_class=PlainLeafExecution,
             )
             if result.errors:
-                if query and any(_connection_lost(error.original_error) for error in result.errors):
-                    raise _ConnectionLost
+                lost = [e.original_error for e in result.errors if _connection_lost(e.original_error)]
+                if query and lost:
+                    raise lost[0]  # as if uncaught: the database failed, not the query
                 connection.rollback()  # a mutation that failed half-way leaves nothing
                 if any(_past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
@@ -282,8 +280,6 @@ class GraphQLApp:
                     audit.write(connection)
                     connection.commit()
             except DBAPIError as error:
-                if query and _connection_lost(error):
-                    raise _ConnectionLost from error
                 if _past_deadline(error):  # the deadline passed, waiting for another writer or writing
                     raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
                 raise
@@ -378,10 +374,6 @@ def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
         driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
-class _ConnectionLost(Exception):
-    """A query's connection was found closed by the database, before anything was written."""
-
-
 def _connection_lost(error: BaseException | None) -> bool:
     return isinstance(error, DBAPIError) and error.connection_invalidated
 
@@ -452,7 +444,8 @@ def _dev_routes(engine: Engine) -> list[Route]:
 
 def api_engine(url: str | None = None) -> Engine:
     """The API's engine: its pool is not pinged before each use (a round trip, on PostgreSQL a
-    sixth of a prefill's); a connection found lost costs a query one retry instead."""
+    sixth of a prefill's); a connection found lost costs a read one more try instead
+    (`once_more_if_disconnected`)."""
     from campushub.models.engine import make_engine
 
     return make_engine(url, pool_pre_ping=False)

@@ -18,6 +18,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -32,6 +33,7 @@ from campushub.graphql.workorders import (
     verified,
     work_order_for,
 )
+from campushub.models.engine import once_more_if_disconnected
 from campushub.models.quality import mask_phone
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -124,13 +126,15 @@ class DocumentRoutes:
                 try:
                     row = work_order_for(context, request.path_params["public_id"], "pdf")
                     outcome: tuple[int, bytes | dict[str, str]] = (200, render_pdf(row, verify_url))
+                except DBAPIError:
+                    raise  # the database failed: no answer about the work order
                 except Exception as error:  # Forbidden: same answer whether it exists or not
                     outcome = (404, {"message": getattr(error, "message", "not found"), "requestId": request_id})
                 audit.write(connection)
                 connection.commit()
             return outcome
 
-        status, body = await run_in_threadpool(build)
+        status, body = await run_in_threadpool(once_more_if_disconnected, build)
         if isinstance(body, dict):
             return JSONResponse(body, status, {"X-Request-ID": request_id})
         filename = f"work-order-{request.path_params['public_id']}.pdf"
@@ -179,7 +183,7 @@ class DocumentRoutes:
                 ],
             }
 
-        found = await run_in_threadpool(check)
+        found = await run_in_threadpool(once_more_if_disconnected, check)
         if found is None:
             return JSONResponse({"valid": False, "message": "验证码无效：没有与之对应的工单，或内容已被改动"}, 404)
         return JSONResponse(found)

@@ -8,10 +8,12 @@ block the pipeline's writer. Production: PostgreSQL through psycopg 3, e.g.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 DATA_DIR = Path(os.environ.get("CAMPUSHUB_DATA_DIR", "data"))
@@ -47,6 +49,22 @@ def make_engine(url: str | None = None, **options: Any) -> Engine:
         return engine
     options.setdefault("pool_pre_ping", True)
     return create_engine(url, **options)
+
+
+T = TypeVar("T")
+
+
+def once_more_if_disconnected(work: Callable[[], T]) -> T:
+    """`work()`, run again if it met a pooled connection the database had closed (a restart):
+    for engines whose pool is not pinged before each use (the API's), and only for work that
+    commits nothing before its end — which the lost connection took with it. SQLAlchemy has
+    then replaced that connection and every one as old."""
+    try:
+        return work()
+    except DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        return work()
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
