@@ -56,7 +56,7 @@ from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leav
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import BUSY_TIMEOUT_MS, once_more_if_disconnected
+from campushub.models.engine import BUSY_TIMEOUT_MS, make_engine, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")
 
@@ -269,8 +269,8 @@ class GraphQLApp:
             )
             if result.errors:
                 lost = [e.original_error for e in result.errors if _connection_lost(e.original_error)]
-                if query and lost:
-                    raise lost[0]  # as if uncaught: the database failed, not the query
+                if query and lost:  # the database failed, not the query: raised as if uncaught
+                    raise lost[0]
                 connection.rollback()  # a mutation that failed half-way leaves nothing
                 if any(_past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
@@ -446,8 +446,6 @@ def api_engine(url: str | None = None) -> Engine:
     """The API's engine: its pool is not pinged before each use (a round trip, on PostgreSQL a
     sixth of a prefill's); a connection found lost costs a read one more try instead
     (`once_more_if_disconnected`)."""
-    from campushub.models.engine import make_engine
-
     return make_engine(url, pool_pre_ping=False)
 
 
