@@ -56,7 +56,7 @@ from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leav
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import BUSY_TIMEOUT_MS, make_engine, once_more_if_disconnected
+from campushub.models.engine import BUSY_TIMEOUT_MS, connection_lost, make_engine, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")
 
@@ -268,7 +268,7 @@ class GraphQLApp:
                 execution_context_class=PlainLeafExecution,
             )
             if result.errors:
-                lost = [e.original_error for e in result.errors if _connection_lost(e.original_error)]
+                lost = [e.original_error for e in result.errors if connection_lost(e.original_error)]
                 if query and lost:  # the database failed, not the query: raised as if uncaught
                     raise lost[0]
                 connection.rollback()  # a mutation that failed half-way leaves nothing
@@ -372,10 +372,6 @@ def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
     finally:
         driver.set_progress_handler(None, 0)
         driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def _connection_lost(error: BaseException | None) -> bool:
-    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def _past_deadline(error: BaseException | None) -> bool:

@@ -62,9 +62,14 @@ def once_more_if_disconnected(work: Callable[[], T]) -> T:
     try:
         return work()
     except DBAPIError as error:
-        if not error.connection_invalidated:
+        if not connection_lost(error):
             raise
         return work()
+
+
+def connection_lost(error: BaseException | None) -> bool:
+    """The database had closed the connection `error` came from (SQLAlchemy has dropped it)."""
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
