@@ -76,6 +76,8 @@ def timestamp(value: str, fmt: str | None = None, tz: dt.tzinfo | None = None) -
 
 def fen(value: str | int) -> int:
     """Money as integer fen; sources send it as digits in a string (or an int)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):  # a JSON true, 12.5, null
+        raise ValueError(f"{value!r} is not a whole number of fen")
     if isinstance(value, int):
         return value
     text = value.strip()

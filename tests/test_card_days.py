@@ -1,0 +1,160 @@
+"""Card events mapped inside the database (card_days.py) against the Python mapping.
+
+The same landed payloads — well-formed ones and every kind of odd one — are unified twice: by
+the Python mapping alone, and by the database's fast path with the Python mapping taking what it
+leaves. The table and the quarantine must come out the same, byte for byte as stored, and the fast
+path must have taken exactly the well-formed events (so a path that takes nothing fails too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection
+
+from campushub.models import card_days
+from campushub.models import normalize as norm
+from campushub.models.ingest import LandingResult, land_batches
+from campushub.models.migrate import upgrade
+from campushub.models.unify import MAPPINGS, unify
+from tests.databases import DATABASES, fresh_database
+
+DAY = dt.date(2026, 3, 1)
+MAPPING = MAPPINGS[("card", "card_transactions")]
+
+
+def _event(seq: Any, **changes: Any) -> dict[str, Any]:
+    event = {
+        "seq": seq,
+        "card_no": "C2026000123",
+        "txn_amt": -1250,
+        "balance_after": 8750,
+        "txn_type": "消费",
+        "merchant_code": "M0001",
+        "merchant_name": "第一食堂",
+        "txn_time": "20260301073015",
+    }
+    return {name: value for name, value in (event | changes).items() if value is not _MISSING}
+
+
+_MISSING = object()
+
+WELL_FORMED = [
+    _event(1, txn_amt=-990),  # a second version of 1 follows: the later one must win
+    _event(2, merchant_code=None, merchant_name=None),
+    _event(3, merchant_code="", merchant_name=""),
+    _event(4, merchant_code=_MISSING, merchant_name=_MISSING),
+    _event(5, txn_time="20260301000000"),  # local midnight: the previous day in UTC
+    _event(6, txn_time="20260301235959", txn_amt=0, txn_type="充值"),
+    _event(7, txn_time="20280229120000"),  # a leap day
+    _event(8, card_no="", txn_type="冲正X"),  # what the Python mapping lets through, so does SQL
+]
+SECOND_VERSION = _event(1, txn_amt=-1990)
+LEFT_TO_PYTHON = [
+    _event("20"),  # digits in a string: the Python mapping reads them
+    _event(21, txn_amt="-300", balance_after=" 4000 "),
+    _event(22.0),
+    _event(23, merchant_code=5),
+    _event(24, txn_time="2026030112000"),  # 13 digits: strptime's own reading
+    _event(25, txn_time="18991231120000"),
+    # refused, with the Python mapping's reasons
+    _event(30, txn_time="20260231120000"),
+    _event(31, txn_time="20260431120000"),
+    _event(32, txn_time="20270229120000"),
+    _event(33, txn_time="20260301240000"),
+    _event(34, txn_time="20260301235960"),
+    _event(35, txn_time="20261301120000"),
+    _event(36, card_no=_MISSING),
+    _event(37, txn_amt=12.5),
+    _event(38, balance_after=True),
+    _event(39, txn_amt="12a00"),
+    _event(40, txn_time=20260301073015),
+]
+
+
+@dataclass(frozen=True)
+class _Record:
+    key: str
+    data: dict[str, Any]
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    records: list[_Record]
+    cursor: str | None = None
+    fetched_at: dt.datetime = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+
+
+def _land(connection: Connection) -> None:
+    batches = [
+        _Batch([_Record(str(int(float(event["seq"]))), event) for event in WELL_FORMED + LEFT_TO_PYTHON]),
+        _Batch([_Record("1", SECOND_VERSION)]),
+    ]
+    result = LandingResult("card", "card_transactions", "run-land", "full", None)
+    land_batches(connection, "card", "card_transactions", batches, result, append_only=True, event_day=lambda _: DAY)
+    assert result.landed == len(WELL_FORMED) + len(LEFT_TO_PYTHON) + 1
+
+
+def _stored(connection: Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The rows as the database stores them (no type conversion on the way out)."""
+    events = connection.exec_driver_sql(
+        "SELECT seq, card_no, amount_fen, balance_after_fen, kind, merchant_code, merchant_name, at, day"
+        " FROM card_transaction ORDER BY seq"
+    ).all()
+    quarantine = connection.exec_driver_sql(
+        "SELECT source_key, reason FROM quarantine ORDER BY source_key, reason"
+    ).all()
+    return [tuple(row) for row in events], [tuple(row) for row in quarantine]
+
+
+@DATABASES
+def test_card_events_mapped_in_the_database_are_what_the_python_mapping_makes(
+    database_kind: str, tmp_path: Path
+) -> None:
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            _land(connection)
+
+        with engine.begin() as connection:
+            by_python = unify(connection, dataclasses.replace(MAPPING, in_database=None), "run-py", event_day=DAY)
+            python_events, python_quarantine = _stored(connection)
+            connection.exec_driver_sql("DELETE FROM card_transaction")
+            connection.exec_driver_sql("DELETE FROM quarantine")
+
+        with engine.begin() as connection:
+            inserted = card_days.insert_well_formed(connection, DAY)
+            taken = {row[0] for row in connection.exec_driver_sql("SELECT seq FROM card_transaction")}
+            assert taken == {event["seq"] for event in WELL_FORMED}
+            assert inserted == len(WELL_FORMED)
+            connection.exec_driver_sql("DELETE FROM card_transaction")
+
+        with engine.begin() as connection:
+            by_both = unify(connection, MAPPING, "run-both", event_day=DAY)
+            events, quarantine = _stored(connection)
+
+        assert events == python_events
+        assert quarantine == python_quarantine
+        assert len(python_events) == len(WELL_FORMED) + 6
+        assert {row[0]: row[2] for row in events}[1] == -1990  # the later version of event 1
+        assert [row[0] for row in python_quarantine] == [str(seq) for seq in range(30, 41)]
+        assert (by_both.inserted, by_both.quarantined) == (by_python.inserted, by_python.quarantined) == (14, 11)
+
+        # A day already built costs nothing more: everything is present or refused again.
+        with engine.begin() as connection:
+            assert card_days.insert_well_formed(connection, DAY) == 0
+
+
+def test_money_that_is_not_whole_fen_is_refused_with_a_reason() -> None:
+    for value in (12.5, True, None, "12a00"):
+        try:
+            norm.fen(value)  # type: ignore[arg-type]
+        except ValueError as error:
+            assert "is not a whole number of fen" in str(error)
+        else:
+            raise AssertionError(f"{value!r} was accepted")
