@@ -162,7 +162,7 @@ def bulk_upsert(
     if not rows:
         return 0
     columns = list(rows[0])
-    converting = [(i, p) for i, p in enumerate(bind_processors(connection, table, columns)) if p]
+    converting = [(i, _memoised(p)) for i, p in enumerate(bind_processors(connection, table, columns)) if p]
     values = []
     for row in rows:
         value = [row[name] for name in columns]
@@ -190,6 +190,23 @@ def bulk_upsert(
         written = cursor.rowcount
         cursor.execute(f"TRUNCATE {stage}")
     return int(written)
+
+
+def _memoised(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert`, remembering its answers for one write: a chunk's rows share most of their
+    instants (the write stamp; a source's batch update times), and formatting one is the cost."""
+    answers: dict[Any, Any] = {}
+
+    def memoised(value: Any) -> Any:
+        try:
+            return answers[value]
+        except KeyError:
+            answers[value] = answer = convert(value)
+            return answer
+        except TypeError:  # unhashable
+            return convert(value)
+
+    return memoised
 
 
 def _staging_table(connection: Connection, table: Table, columns: Sequence[str]) -> str:

@@ -61,6 +61,7 @@ def _strptime(value: str, fmt: str) -> dt.datetime:
     return dt.datetime.strptime(value, fmt)
 
 
+@lru_cache(maxsize=65536)  # sources stamp whole batches alike: grades carry a handful of distinct times
 def timestamp(value: str, fmt: str | None = None, tz: dt.tzinfo | None = None) -> dt.datetime:
     """ISO 8601 by default; with `fmt` (e.g. '%Y%m%d%H%M%S') in the source's zone `tz`."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -359,6 +360,14 @@ class UnifyResult:
         }
 
 
+def key_getter(key: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A row's natural key as a tuple, read in C (a generator per row cost a tenth of a write)."""
+    if len(key) == 1:
+        (name,) = key
+        return lambda row: (row[name],)
+    return operator.itemgetter(*key)
+
+
 def row_hash(row: dict[str, Any]) -> str:
     """A mapped row's fingerprint: unchanged rows are not written again. (Computed for millions of
     rows a sync, hence orjson; a change of this function makes the next sync rewrite each row once.)"""
@@ -412,7 +421,8 @@ def _write(
         inserted = bulk_upsert(connection, table, key, rows, update=False)
         return inserted, 0, len(rows) - inserted
     key_columns = [table.c[name] for name in key]
-    keys = [tuple(row[name] for name in key) for row in rows]
+    key_of = key_getter(key)
+    keys = [key_of(row) for row in rows]
     # Filter on the leading key column only (it is indexed): row-value IN lists defeat
     # SQLite's planner. Rows sharing the leading value but not in this chunk do no harm.
     leading = sorted({k[0] for k in keys})
@@ -484,6 +494,7 @@ def unify(
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.order_by(RawRecord.__table__.c.id).execution_options(yield_per=chunk))
+    key_of = key_getter(mapping.key)
     for records in stream.partitions():
         watermark = records[-1].id
         by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -498,7 +509,7 @@ def unify(
                 result.quarantined += 1
                 continue
             # Later versions of a key in the same chunk supersede earlier ones.
-            by_key[tuple(mapped.row[name] for name in mapping.key)] = mapped.row
+            by_key[key_of(mapped.row)] = mapped.row
             if mapped.identity is not None:
                 identities[mapped.identity["source_key"]] = mapped.identity
         result.read += len(records)
