@@ -7,7 +7,6 @@ block the pipeline's writer. Production: PostgreSQL through psycopg 3, e.g.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -33,10 +32,8 @@ def database_url() -> str:
 BUSY_TIMEOUT_MS = 30_000  # how long an SQLite writer waits for another's transaction
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any, cache_mib: int | None = None) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    if cache_mib:
-        cursor.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")  # negative: KiB, not pages
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -54,16 +51,14 @@ def decode_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def make_engine(url: str | None = None, *, sqlite_cache_mib: int | None = None, **options: Any) -> Engine:
-    """An engine for `url` (default: `database_url()`); `sqlite_cache_mib` sizes each SQLite
-    connection's page cache (SQLite's default is 2 MiB) for a bulk writer."""
+def make_engine(url: str | None = None, **options: Any) -> Engine:
     url = url or database_url()
     options.setdefault("json_deserializer", decode_json)
     if url.startswith("sqlite"):
         engine = create_engine(url, **options)
         if engine.url.database and engine.url.database != ":memory:":
             Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-        event.listen(engine, "connect", functools.partial(_sqlite_pragmas, cache_mib=sqlite_cache_mib))
+        event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     options.setdefault("pool_pre_ping", True)
     return create_engine(url, **options)

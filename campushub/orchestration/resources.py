@@ -65,10 +65,8 @@ class CardAPI(SourceResource):
 
 @cache
 def _engine(url: str) -> Engine:
-    """One engine (and pool) per database per process, migrated to the latest schema once.
-    On SQLite its connections keep 64 MiB of pages: landing probes a key index and card days read
-    raw landing by day, both across a multi-gigabyte file at the university's scale."""
-    engine = make_engine(url, sqlite_cache_mib=64)
+    """One engine (and pool) per database per process, migrated to the latest schema once."""
+    engine = make_engine(url)
     upgrade(engine)
     return engine
 
