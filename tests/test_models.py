@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -19,7 +20,7 @@ from sqlalchemy.types import TypeEngine
 from campushub.models import Base
 from campushub.models import normalize as norm
 from campushub.models.base import UTCDateTime
-from campushub.models.engine import make_engine
+from campushub.models.engine import decode_json, make_engine
 from campushub.models.ingest import (
     _KEY_LISTS,
     _LATEST_HASH,
@@ -241,3 +242,19 @@ def test_statistics_are_refreshed_after_a_bulk_load(database_kind: str, tmp_path
                     text("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'card_account'")
                 ).scalar_one()
             assert analyzed
+
+
+def test_json_columns_read_what_the_standard_library_wrote() -> None:
+    """orjson reads stored payloads; what it refuses (NaN) or would misread (an integer beyond
+    64 bits, as a float) reads back exactly, from text and from bytes (psycopg hands bytes)."""
+    values = [
+        {"seq": 7, "name": "陈伟", "paid": -1250, "at": None, "rate": 0.1},
+        {"x": float("nan")},
+        {"big": 2**70, "small": -(2**63)},
+        {"card": "6222021234567890123"},  # 19 digits in a string: read by the standard reader, alike
+    ]
+    for value in values:
+        text_ = json.dumps(value, sort_keys=True, ensure_ascii=False)
+        for stored in (text_, text_.encode()):
+            assert json.dumps(decode_json(stored), sort_keys=True, ensure_ascii=False) == text_
+    assert type(decode_json('{"big": 1180591620717411303424}')["big"]) is int

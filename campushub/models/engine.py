@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,10 +42,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# orjson reads an integer beyond 64 bits as a float, silently: text with that many digits in a
+# row (inside a string too, harmlessly) goes to the standard reader.
+_LONG_DIGITS = re.compile(r"[0-9]{19}")
+_LONG_DIGIT_BYTES = re.compile(rb"[0-9]{19}")
+
+
 def decode_json(text: str | bytes) -> Any:
     """JSON columns as read (raw payloads, by the million): orjson, at a fraction of the standard
-    library's cost. What it refuses and Python's json module writes — NaN, integers beyond 64
-    bits — the standard reader takes."""
+    library's cost. What it refuses or would read differently and Python's json module writes —
+    NaN, integers beyond 64 bits — the standard reader takes."""
+    long_digits = _LONG_DIGIT_BYTES if isinstance(text, bytes | bytearray | memoryview) else _LONG_DIGITS
+    if long_digits.search(text):  # type: ignore[arg-type]
+        return json.loads(text)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
