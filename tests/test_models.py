@@ -34,6 +34,7 @@ from campushub.models.ingest import (
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
+from campushub.models.unify import MAPPINGS, unify
 from tests.databases import DATABASES, fresh_database
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -258,3 +259,32 @@ def test_json_columns_read_what_the_standard_library_wrote() -> None:
         for stored in (text_, text_.encode()):
             assert json.dumps(decode_json(stored), sort_keys=True, ensure_ascii=False) == text_
     assert type(decode_json('{"big": 1180591620717411303424}')["big"]) is int
+
+
+def test_a_load_stamps_every_row_it_writes_with_when_it_began(tmp_path: Path, monkeypatch: Any) -> None:
+    """One write stamp a load, however long it runs: a columns check re-reads rows stamped
+    shortly before its last pass, which per-chunk stamps would make a long load's last chunks."""
+    from campushub.models import unify as unify_module
+
+    ticks = iter(dt.datetime(2026, 11, 27, 8, tzinfo=dt.UTC) + dt.timedelta(seconds=10 * n) for n in range(100))
+    monkeypatch.setattr(unify_module, "utcnow", lambda: next(ticks))
+    grades = [
+        {
+            "XH": f"2026{n:04d}",
+            "KCDM": "MATH101",
+            "XNXQ": "2025-2026-1",
+            "CJ": "88",
+            "GXSJ": "2026-01-20T10:00:00+08:00",
+        }
+        for n in range(12)
+    ]
+    with fresh_database("sqlite", tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            result = LandingResult("academic", "grades", "run-land", "full", None)
+            batch = _Batch([_Record(f"{g['XH']}|MATH101|2025-2026-1", g) for g in grades])
+            land_batches(connection, "academic", "grades", [batch], result)
+            loaded = unify(connection, MAPPINGS[("academic", "grades")], "run-unify", chunk=5)
+            stamps = connection.exec_driver_sql("SELECT DISTINCT loaded_at FROM grade").scalars().all()
+    assert loaded.inserted == 12
+    assert stamps == ["2026-11-27 08:00:00.000000"]

@@ -22,7 +22,8 @@ class Tracked:
 
     row_hash: Mapped[str] = mapped_column(String(32))
     source_updated_at: Mapped[dt.datetime | None]
-    # Indexed: a run's column checks read the rows written since their last pass by it.
+    # When the load that wrote the row began (one stamp a load). Indexed: a run's column checks
+    # read the rows written since their last pass by it.
     loaded_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     deleted_at: Mapped[dt.datetime | None]
 

@@ -412,9 +412,18 @@ def _quarantine(connection: Connection, mapping: Mapping, raw: Any, reason: str,
 
 
 def _write(
-    connection: Connection, table: Table, key: tuple[str, ...], rows: list[dict[str, Any]], immutable: bool
+    connection: Connection,
+    table: Table,
+    key: tuple[str, ...],
+    rows: list[dict[str, Any]],
+    immutable: bool,
+    loaded_at: dt.datetime,
 ) -> tuple[int, int, int]:
-    """Upsert rows by natural key, skipping unchanged ones: (inserted, updated, unchanged)."""
+    """Upsert rows by natural key, skipping unchanged ones: (inserted, updated, unchanged).
+
+    `loaded_at` is when the load began, the same for all its rows: a columns check validates
+    the rows stamped from shortly before its last validation began (`STAMP_MARGIN`), and a
+    per-chunk stamp would put a long load's last chunks there — validated twice."""
     if not rows:
         return 0, 0, 0
     if immutable:
@@ -430,11 +439,10 @@ def _write(
         tuple(r[: len(key)]): r[-1]
         for r in connection.execute(select(*key_columns, table.c.row_hash).where(key_columns[0].in_(leading)))
     }
-    now = utcnow()
     for row in rows:
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
-        row["loaded_at"] = now
+        row["loaded_at"] = loaded_at
     changed = [row for row, k in zip(rows, keys, strict=True) if existing.get(k) != row["row_hash"]]
     bulk_upsert(connection, table, key, changed, update=True)
     inserted = sum(1 for k in keys if k not in existing)
@@ -477,7 +485,7 @@ def unify(
     materialised. Events already in the table are counted as unchanged without being
     decoded again: they are immutable, so rebuilding a day costs what it lacks.
     """
-    started = time.perf_counter()
+    started, loaded_at = time.perf_counter(), utcnow()
     result = UnifyResult(mapping.watermark_stream)
     watermark = 0 if event_day else _watermark(connection, mapping.watermark_stream)
     result.watermark_before = result.watermark_after = watermark
@@ -514,7 +522,7 @@ def unify(
                 identities[mapped.identity["source_key"]] = mapped.identity
         result.read += len(records)
         inserted, updated, unchanged = _write(
-            connection, mapping.table, mapping.key, list(by_key.values()), mapping.immutable
+            connection, mapping.table, mapping.key, list(by_key.values()), mapping.immutable, loaded_at
         )
         result.inserted += inserted
         result.updated += updated
@@ -601,7 +609,7 @@ def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
                     "source_updated_at": None,
                 }
             )
-    inserted, updated, unchanged = _write(connection, org, ("code",), offices, immutable=False)
+    inserted, updated, unchanged = _write(connection, org, ("code",), offices, immutable=False, loaded_at=utcnow())
     result.inserted += inserted
     result.updated += updated
     result.unchanged += unchanged
