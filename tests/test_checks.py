@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from sqlalchemy import Connection, Engine, delete, func, insert, select, text
 
 from campushub.models import quality
+from campushub.models.engine import make_engine
+from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id
 from campushub.models.unified import CardTransaction
 from campushub.orchestration.assets.raw import RAW_ASSETS
@@ -643,3 +646,28 @@ def test_id_numbers_that_disagree_are_reported_by_person_never_by_number(layer: 
     assert {s["person_id"] for s in outcome.samples} == {born, sexed, forged}
     shown = str(outcome.metadata())
     assert not any(number[6:] in shown for number in [*numbers, bad])  # not even the birth date and sequence
+
+
+def test_windowed_validations_read_through_the_windows_own_index_on_sqlite(tmp_path: Path) -> None:
+    """SQLite would answer GX's unique-key query by walking the whole table through the key's
+    index; every windowed table names the index of its window column instead — and the plan
+    of that query then searches by the window."""
+    sqlite_url, pg_url = f"sqlite:///{tmp_path / 'plan.db'}", "postgresql+psycopg://hub@db/hub"
+    windows = {t: quality._written_at(t) for t in quality.TABLE_RULES if quality._written_at(t)}
+    windows |= {t: "day" for t in quality.DAILY_TABLES}
+    for table, column in windows.items():
+        assert quality._windowed_source(pg_url, table, table, column) == table
+        assert quality._windowed_source(sqlite_url, table, f"{table}_copy", column) == f"{table}_copy"
+        assert quality._windowed_source(sqlite_url, table, table, column).startswith(f"{table} INDEXED BY ix_")
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    source = quality._windowed_source(sqlite_url, "grade", "grade", "loaded_at")
+    grouped = (
+        f"SELECT g.student_no FROM (SELECT * FROM {source} WHERE loaded_at >= '2026-11-27') g JOIN"
+        f" (SELECT student_no, course_code, term, count(*) n FROM (SELECT * FROM {source}"
+        " WHERE loaded_at >= '2026-11-27') GROUP BY 1, 2, 3) c USING (student_no, course_code, term)"
+    )
+    with engine.connect() as connection:
+        plan = " ".join(str(row) for row in connection.execute(text(f"EXPLAIN QUERY PLAN {grouped}")))
+    engine.dispose()
+    assert "SEARCH grade USING INDEX ix_grade_loaded_at" in plan and "SCAN grade" not in plan
