@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from campushub.models.ingest import LandingResult, land_batches
 from campushub.models.migrate import upgrade
 from campushub.models.unify import MAPPINGS, unify
 from tests.databases import DATABASES, fresh_database
+from tests.landing_support import Batch, Record
 
 DAY = dt.date(2026, 3, 1)
 MAPPING = MAPPINGS[("card", "card_transactions")]
@@ -76,24 +76,10 @@ LEFT_TO_PYTHON = [
 ]
 
 
-@dataclass(frozen=True)
-class _Record:
-    key: str
-    data: dict[str, Any]
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Batch:
-    records: list[_Record]
-    cursor: str | None = None
-    fetched_at: dt.datetime = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
-
-
 def _land(connection: Connection) -> None:
     batches = [
-        _Batch([_Record(str(int(float(event["seq"]))), event) for event in WELL_FORMED + LEFT_TO_PYTHON]),
-        _Batch([_Record("1", SECOND_VERSION)]),
+        Batch([Record(str(int(float(event["seq"]))), event) for event in WELL_FORMED + LEFT_TO_PYTHON]),
+        Batch([Record("1", SECOND_VERSION)]),
     ]
     result = LandingResult("card", "card_transactions", "run-land", "full", None)
     land_batches(connection, "card", "card_transactions", batches, result, append_only=True, event_day=lambda _: DAY)

@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
 from campushub.models.unify import MAPPINGS, unify
 from tests.databases import DATABASES, fresh_database
+from tests.landing_support import Batch, Record
 
 CST = dt.timezone(dt.timedelta(hours=8))
 
@@ -51,20 +51,6 @@ def test_migrations_build_exactly_the_models(database_kind: str, tmp_path: Path)
         upgrade(engine)  # a second upgrade is a no-op
 
 
-@dataclass(frozen=True)
-class _Record:
-    key: str
-    data: dict[str, object]
-    problems: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Batch:
-    records: list[_Record]
-    cursor: str | None = None
-    fetched_at: dt.datetime = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
-
-
 @DATABASES
 def test_landing_compares_with_each_keys_newest_version_by_its_own_index(database_kind: str, tmp_path: Path) -> None:
     """The look-up behind "unchanged, not landed again": the newest version per key, found by
@@ -72,10 +58,10 @@ def test_landing_compares_with_each_keys_newest_version_by_its_own_index(databas
     made a first load quadratic."""
     with fresh_database(database_kind, tmp_path) as engine:
         upgrade(engine)
-        versions = [[_Record(f"S{n}", {"n": n, "v": v}) for n in range(50)] for v in range(3)]
+        versions = [[Record(f"S{n}", {"n": n, "v": v}) for n in range(50)] for v in range(3)]
         with engine.begin() as connection:
             result = LandingResult("academic", "students", "run-1", "full", None)
-            land_batches(connection, "academic", "students", [_Batch(batch) for batch in versions], result)
+            land_batches(connection, "academic", "students", [Batch(batch) for batch in versions], result)
             assert result.landed == 150
             newest = _latest_hashes(connection, "academic", "students", ["S7", "S49", "missing"])
             assert newest == {"S7": content_hash({"n": 7, "v": 2}), "S49": content_hash({"n": 49, "v": 2})}
@@ -282,7 +268,7 @@ def test_a_load_stamps_every_row_it_writes_with_when_it_began(tmp_path: Path, mo
         upgrade(engine)
         with engine.begin() as connection:
             result = LandingResult("academic", "grades", "run-land", "full", None)
-            batch = _Batch([_Record(f"{g['XH']}|MATH101|2025-2026-1", g) for g in grades])
+            batch = Batch([Record(f"{g['XH']}|MATH101|2025-2026-1", g) for g in grades])
             land_batches(connection, "academic", "grades", [batch], result)
             loaded = unify(connection, MAPPINGS[("academic", "grades")], "run-unify", chunk=5)
             stamps = connection.exec_driver_sql("SELECT DISTINCT loaded_at FROM grade").scalars().all()

@@ -346,6 +346,8 @@ class UnifyResult:
     def add(self, other: UnifyResult) -> None:
         for name in ("read", "inserted", "updated", "unchanged", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, count in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + count
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -415,23 +417,23 @@ def _write(
     connection: Connection,
     table: Table,
     key: tuple[str, ...],
-    rows: list[dict[str, Any]],
+    by_key: dict[tuple[Any, ...], dict[str, Any]],
     immutable: bool,
     loaded_at: dt.datetime,
 ) -> tuple[int, int, int]:
-    """Upsert rows by natural key, skipping unchanged ones: (inserted, updated, unchanged).
+    """Upsert rows (by their natural key) skipping unchanged ones: (inserted, updated, unchanged).
 
     `loaded_at` is when the load began, the same for all its rows: a columns check validates
     the rows stamped from shortly before its last validation began (`STAMP_MARGIN`), and a
     per-chunk stamp would put a long load's last chunks there — validated twice."""
-    if not rows:
+    if not by_key:
         return 0, 0, 0
+    rows = list(by_key.values())
     if immutable:
         inserted = bulk_upsert(connection, table, key, rows, update=False)
         return inserted, 0, len(rows) - inserted
     key_columns = [table.c[name] for name in key]
-    key_of = key_getter(key)
-    keys = [key_of(row) for row in rows]
+    keys = list(by_key)
     # Filter on the leading key column only (it is indexed): row-value IN lists defeat
     # SQLite's planner. Rows sharing the leading value but not in this chunk do no harm.
     leading = sorted({k[0] for k in keys})
@@ -522,7 +524,7 @@ def unify(
                 identities[mapped.identity["source_key"]] = mapped.identity
         result.read += len(records)
         inserted, updated, unchanged = _write(
-            connection, mapping.table, mapping.key, list(by_key.values()), mapping.immutable, loaded_at
+            connection, mapping.table, mapping.key, by_key, mapping.immutable, loaded_at
         )
         result.inserted += inserted
         result.updated += updated
@@ -609,7 +611,8 @@ def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
                     "source_updated_at": None,
                 }
             )
-    inserted, updated, unchanged = _write(connection, org, ("code",), offices, immutable=False, loaded_at=utcnow())
+    by_code = {(office["code"],): office for office in offices}
+    inserted, updated, unchanged = _write(connection, org, ("code",), by_code, immutable=False, loaded_at=utcnow())
     result.inserted += inserted
     result.updated += updated
     result.unchanged += unchanged

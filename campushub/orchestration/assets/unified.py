@@ -73,9 +73,7 @@ def unified_asset(
         total = UnifyResult(entity)
         with database.engine.begin() as connection:
             for source, stream in streams:
-                result = unify(connection, MAPPINGS[(source, stream)], run_id)
-                total.add(result)
-                total.reasons.update(result.reasons)
+                total.add(unify(connection, MAPPINGS[(source, stream)], run_id))
             if extra is not None:
                 total.add(extra(connection, run_id))
             link_references(connection)
@@ -152,8 +150,6 @@ def card_transactions(context: AssetExecutionContext, database: DatabaseResource
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="card-day") as pool:
         for result in pool.map(build, days):
             total.add(result)
-            for reason, count in result.reasons.items():
-                total.reasons[reason] = total.reasons.get(reason, 0) + count
     return MaterializeResult(metadata=_metadata(total))
 
 
