@@ -13,7 +13,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection
+import pytest
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError
 
 from campushub.models import card_days
 from campushub.models import normalize as norm
@@ -144,3 +146,46 @@ def test_money_that_is_not_whole_fen_is_refused_with_a_reason() -> None:
             assert "is not a whole number of fen" in str(error)
         else:
             raise AssertionError(f"{value!r} was accepted")
+
+
+@DATABASES
+def test_a_day_is_read_through_the_day_index_which_holds_only_events(database_kind: str, tmp_path: Path) -> None:
+    """Raw landing's day index holds events only, its key index everything else (partial
+    indexes): the day's read must still go through the day index, not a scan of raw landing."""
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            _land(connection)
+            if database_kind == "postgresql":
+                connection.exec_driver_sql("SET LOCAL enable_seqscan = off")  # a tiny table: make it choose
+                statement, explain = card_days._POSTGRESQL, "EXPLAIN "
+            else:
+                statement, explain = card_days._SQLITE, "EXPLAIN QUERY PLAN "
+            plan = " ".join(str(row) for row in connection.execute(text(explain + statement), {"day": DAY}))
+            assert "ix_raw_record_day" in plan
+            if database_kind == "sqlite":
+                # The events are in the day index and not in the key index.
+                in_day = connection.exec_driver_sql(
+                    "SELECT count(*) FROM raw_record INDEXED BY ix_raw_record_day"
+                    " WHERE source = 'card' AND stream = 'card_transactions' AND event_day IS NOT NULL"
+                ).scalar_one()
+                assert in_day == len(WELL_FORMED) + len(LEFT_TO_PYTHON) + 1
+                with pytest.raises(OperationalError, match="no query solution"):
+                    connection.exec_driver_sql(
+                        "SELECT count(*) FROM raw_record INDEXED BY ix_raw_record_key"
+                        " WHERE source = 'card' AND stream = 'card_transactions'"
+                    ).scalar_one()
+
+
+@DATABASES
+def test_the_fast_path_writes_inside_the_callers_transaction(database_kind: str, tmp_path: Path) -> None:
+    """A day's rebuild is one transaction: what the database path inserted goes when it rolls back."""
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            _land(connection)
+        with engine.connect() as connection:
+            with connection.begin() as transaction:
+                assert card_days.insert_well_formed(connection, DAY) == len(WELL_FORMED)
+                transaction.rollback()
+            assert connection.exec_driver_sql("SELECT count(*) FROM card_transaction").scalar_one() == 0

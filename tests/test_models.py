@@ -245,6 +245,8 @@ def test_json_columns_read_what_the_standard_library_wrote() -> None:
         for stored in (text_, text_.encode()):
             assert json.dumps(decode_json(stored), sort_keys=True, ensure_ascii=False) == text_
     assert type(decode_json('{"big": 1180591620717411303424}')["big"]) is int
+    assert decode_json('{"deep": {"big": [1180591620717411303424]}}') == {"deep": {"big": [2**70]}}
+    assert decode_json("[1180591620717411303424]") == [2**70]
 
 
 def test_a_load_stamps_every_row_it_writes_with_when_it_began(tmp_path: Path, monkeypatch: Any) -> None:

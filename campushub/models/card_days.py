@@ -26,8 +26,12 @@ _DIGIT = "[0-9]"
 # row of a sequence number is inserted first, and the rest meet the conflict.
 #
 # SQLite: each field is read out of the JSON once, in a materialised step — inlined, every
-# mention of a field would read it again (a third of the statement's cost).
+# mention of a field would read it again (a third of the statement's cost). The statement starts
+# with INSERT, its WITH after: Python's sqlite3 opens the caller's transaction only before a
+# statement that starts with INSERT, UPDATE, DELETE or REPLACE — one that starts with WITH ran
+# outside it, committed at once (and reported no row count).
 _SQLITE = f"""
+INSERT INTO card_transaction (seq, card_no, amount_fen, balance_after_fen, kind, merchant_code, merchant_name, at, day)
 WITH fields AS MATERIALIZED (
     SELECT r.id,
            json_type(r.payload, '$.seq') AS seq_type, json_extract(r.payload, '$.seq') AS seq,
@@ -55,7 +59,6 @@ WITH fields AS MATERIALIZED (
        AND (name_type IS NULL OR name_type = 'null' OR (name_type = 'text' AND length(name) <= 32))
        AND stamp_type = 'text' AND stamp GLOB '{_DIGIT * 14}' AND stamp >= '19000101000000'
 )
-INSERT INTO card_transaction (seq, card_no, amount_fen, balance_after_fen, kind, merchant_code, merchant_name, at, day)
 SELECT seq, card_no, amount, balance, kind, nullif(code, ''), nullif(name, ''),
        strftime('%Y-%m-%d %H:%M:%S', local_time, '-8 hours') || '.000000',
        substr(local_time, 1, 10)
@@ -125,6 +128,4 @@ def insert_well_formed(connection: Connection, day: dt.date) -> int:
     inserted. Whatever it leaves behind is for the Python mapping."""
     if connection.dialect.name == "postgresql":
         return int(connection.execute(text(_POSTGRESQL), {"day": day}).rowcount)
-    connection.execute(text(_SQLITE), {"day": day.isoformat()})
-    # Python's sqlite3 gives no row count for a statement that starts with WITH; SQLite does.
-    return int(connection.exec_driver_sql("SELECT changes()").scalar_one())
+    return int(connection.execute(text(_SQLITE), {"day": day.isoformat()}).rowcount)

@@ -237,6 +237,7 @@ def _no_conversion(value: Any) -> Any:
 # for each page: quadratic in a first load. The keys arrive as one array parameter.
 _LATEST_HASH = """SELECT k.key, (SELECT r.content_hash FROM raw_record r
                                 WHERE r.source = :source AND r.stream = :stream AND r.source_key = k.key
+                                  AND r.event_day IS NULL
                                 ORDER BY r.id DESC LIMIT 1)
                   FROM {keys}"""
 _KEY_LISTS = {
