@@ -74,6 +74,31 @@ def test_landing_compares_with_each_keys_newest_version_by_its_own_index(databas
         assert "ix_raw_record_stream_id" not in plan
 
 
+@DATABASES
+def test_a_streams_records_are_read_from_the_watermark_through_the_partial_index(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """Raw landing's record indexes leave events out (they are partial): every read of a
+    stream's records must say so, or it reads all of raw landing."""
+    from campushub.models.landing import landed_records
+    from campushub.models.unify import _raw_query
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            if database_kind == "postgresql":
+                connection.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: make it choose an index
+            explain = "EXPLAIN " if database_kind == "postgresql" else "EXPLAIN QUERY PLAN "
+            for query in (
+                _raw_query(MAPPINGS[("academic", "grades")], 42, None),
+                landed_records("hr", "positions", "payload"),
+            ):
+                compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
+                plan = " ".join(str(row) for row in connection.exec_driver_sql(explain + str(compiled)))
+                assert "ix_raw_record_stream_id" in plan, plan
+                assert "SCAN raw_record" not in plan and "Seq Scan" not in plan, plan
+
+
 _LATEST_HASH_PLAN = {
     "sqlite": (
         "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),

@@ -12,34 +12,33 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Index, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Date, Index, Select, String, Text, UniqueConstraint, select, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campushub.models.base import Base, BigId, utcnow
 
 
+def _partial(condition: str) -> dict[str, Any]:
+    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+
+
+_RECORDS_ONLY = _partial("event_day IS NULL")
+_EVENTS_ONLY = _partial("event_day IS NOT NULL")
+
+
 class RawRecord(Base):
     __tablename__ = "raw_record"
+    # Events (rows with an event day: card transactions, by the million) are read by day and
+    # never otherwise; records (every other row) by key and from a watermark, never by day. Each
+    # index holds only the rows read through it — an event is written into one index, not three
+    # — so a query must say which rows it means: `landed_records()` below, or a day.
     __table_args__ = (
-        # A key's versions, newest found first: the look-up raw landing does per page. Events are
-        # never looked up by key, nor other records by day: each index holds only the rows that
-        # are looked up through it (a third fewer index entries to write when millions of events
-        # land), so a query through either must say which rows it means (`event_day IS NULL`,
-        # or a day).
-        Index(
-            "ix_raw_record_key",
-            *("source", "stream", "source_key", "id"),
-            sqlite_where=text("event_day IS NULL"),
-            postgresql_where=text("event_day IS NULL"),
-        ),
-        Index(
-            "ix_raw_record_day",
-            *("source", "stream", "event_day", "id"),
-            sqlite_where=text("event_day IS NOT NULL"),
-            postgresql_where=text("event_day IS NOT NULL"),
-        ),
+        # A key's versions, newest found first: the look-up raw landing does per page.
+        Index("ix_raw_record_key", "source", "stream", "source_key", "id", **_RECORDS_ONLY),
         # What the unified layer reads: a stream's records landed after its watermark, in order.
-        Index("ix_raw_record_stream_id", "source", "stream", "id"),
+        Index("ix_raw_record_stream_id", "source", "stream", "id", **_RECORDS_ONLY),
+        # A day's events, for the daily partitions.
+        Index("ix_raw_record_day", "source", "stream", "event_day", "id", **_EVENTS_ONLY),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -104,3 +103,15 @@ class SyncRun(Base):
     cursor_before: Mapped[str | None] = mapped_column(String(128))
     cursor_after: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+def landed_records(source: str, stream: str, *columns: str, after: int = 0) -> Select[Any]:
+    """A (non-event) stream's records landed after id `after`, oldest first, through the
+    indexes that hold them: both are partial, and a query that does not say `event_day IS NULL`
+    finds no index to use — it reads all of raw landing."""
+    raw = RawRecord.__table__
+    return (
+        select(*(raw.c[name] for name in columns))
+        .where(raw.c.source == source, raw.c.stream == stream, raw.c.event_day.is_(None), raw.c.id > after)
+        .order_by(raw.c.id)
+    )

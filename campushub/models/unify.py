@@ -24,7 +24,7 @@ from campushub.models import card_days
 from campushub.models import normalize as norm
 from campushub.models.base import utcnow
 from campushub.models.ingest import bulk_upsert, upsert
-from campushub.models.landing import QuarantinedRecord, RawRecord, SyncState
+from campushub.models.landing import QuarantinedRecord, RawRecord, SyncState, landed_records
 from campushub.models.protect import encrypt_id, id_hash
 from campushub.models.unified import (
     CardAccount,
@@ -493,18 +493,19 @@ def unify(
     watermark = 0 if event_day else _watermark(connection, mapping.watermark_stream)
     result.watermark_before = result.watermark_after = watermark
     query = _raw_query(mapping, watermark, event_day)
+    day_total = None
     if event_day is not None and mapping.immutable:
-        present = _already_loaded(mapping)
-        counted = select(func.count()).select_from(query.where(present).subquery())
-        result.read = result.unchanged = connection.execute(counted).scalar_one()
+        # Counted from the day's index alone; what is neither inserted nor read below was in
+        # the table already, or an older version of an event that was (counted unchanged).
+        day_total = connection.execute(select(func.count()).select_from(query.subquery())).scalar_one()
         if mapping.in_database is not None:
             inserted = mapping.in_database(connection, event_day)
             result.read += inserted
             result.inserted += inserted
-        query = query.where(~present)
+        query = query.where(~_already_loaded(mapping))
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
-    stream = connection.execute(query.order_by(RawRecord.__table__.c.id).execution_options(yield_per=chunk))
+    stream = connection.execute(query.execution_options(yield_per=chunk))
     key_of = key_getter(mapping.key)
     for records in stream.partitions():
         watermark = records[-1].id
@@ -532,18 +533,28 @@ def unify(
         result.unchanged += unchanged
         _write_identities(connection, list(identities.values()))
     result.watermark_after = watermark
+    if day_total is not None:
+        result.unchanged += day_total - result.read
+        result.read = day_total
     if event_day is None:
         _save_watermark(connection, mapping.watermark_stream, watermark, run_id)
     result.seconds = time.perf_counter() - started
     return result
 
 
+_RAW_COLUMNS = ("id", "source_key", "content_hash", "payload")
+
+
 def _raw_query(mapping: Mapping, watermark: int, event_day: dt.date | None) -> Select[Any]:
+    """The records to map: those landed after the watermark, or the events of one day."""
+    if event_day is None:
+        return landed_records(mapping.source, mapping.stream, *_RAW_COLUMNS, after=watermark)
     raw = RawRecord.__table__
-    query = select(raw.c.id, raw.c.source_key, raw.c.content_hash, raw.c.payload).where(
-        raw.c.source == mapping.source, raw.c.stream == mapping.stream, raw.c.id > watermark
+    return (
+        select(*(raw.c[name] for name in _RAW_COLUMNS))
+        .where(raw.c.source == mapping.source, raw.c.stream == mapping.stream, raw.c.event_day == event_day)
+        .order_by(raw.c.id)
     )
-    return query if event_day is None else query.where(raw.c.event_day == event_day)
 
 
 def _already_loaded(mapping: Mapping) -> Exists:
@@ -587,12 +598,7 @@ def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
     org unit academic affairs knows by YXDM (matched by name); an office is HR's alone."""
     result = UnifyResult("hr.departments")
     watermark = result.watermark_before = _watermark(connection, result.entity)
-    raw = RawRecord.__table__
-    records = connection.execute(
-        select(raw.c.id, raw.c.payload)
-        .where(raw.c.source == "hr", raw.c.stream == "departments", raw.c.id > watermark)
-        .order_by(raw.c.id)
-    ).all()
+    records = connection.execute(landed_records("hr", "departments", "id", "payload", after=watermark)).all()
     org = OrgUnit.__table__
     by_name = {name: code for code, name in connection.execute(select(org.c.code, org.c.name))}
     offices = []
@@ -653,10 +659,9 @@ def link_references(connection: Connection) -> None:
 def _name_positions(connection: Connection) -> None:
     """Staff rows carry HR's position code; its name comes from HR's positions stream (a
     handful of rows: the latest landed version of each wins)."""
-    raw, staff_table = RawRecord.__table__, Staff.__table__
+    staff_table = Staff.__table__
     names: dict[str, str] = {}
-    landed = select(raw.c.payload).where(raw.c.source == "hr", raw.c.stream == "positions").order_by(raw.c.id)
-    for (payload,) in connection.execute(landed):
+    for (payload,) in connection.execute(landed_records("hr", "positions", "payload")):
         if payload.get("code") and payload.get("name"):
             names[payload["code"]] = norm.person_name(payload["name"])
     for code, name in names.items():

@@ -1,15 +1,16 @@
-"""raw landing: the key index holds only records, the day index only events
+"""raw landing: the key and watermark indexes hold only records, the day index only events
 
-Events (card transactions, each with its day) are read by day and never looked up by key;
-every other record is looked up by key and has no day. Each of the two indexes held every
-landed row all the same: at the university profile five million event entries in the key
-index and two and a half million empty-day entries in the day index, written on every landing
-and never read. Partial indexes (`WHERE event_day IS NULL` / `IS NOT NULL`, which both
-databases support) hold only the rows read through them.
+Events (card transactions, each with its day) are read by day and nothing else; every other
+record is read by key and from a watermark, and has no day. Each of the three indexes held
+every landed row all the same: at the university profile ten million event entries in the key
+and watermark indexes and two and a half million empty-day entries in the day index, written
+on every landing and never read. Partial indexes (`WHERE event_day IS NULL` / `IS NOT NULL`,
+which both databases support) hold only the rows read through them: an event is written into
+one index instead of three.
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-27 19:10:00
+Create Date: 2026-11-27 19:40:00
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ branch_labels = None
 depends_on = None
 
 _KEY = ["source", "stream", "source_key", "id"]
+_STREAM = ["source", "stream", "id"]
 _DAY = ["source", "stream", "event_day", "id"]
 
 
@@ -33,6 +35,8 @@ def _partial(condition: str) -> dict[str, sa.TextClause]:
 def upgrade() -> None:
     op.drop_index("ix_raw_record_key", table_name="raw_record")
     op.create_index("ix_raw_record_key", "raw_record", _KEY, **_partial("event_day IS NULL"))
+    op.drop_index("ix_raw_record_stream_id", table_name="raw_record")
+    op.create_index("ix_raw_record_stream_id", "raw_record", _STREAM, **_partial("event_day IS NULL"))
     op.drop_index("ix_raw_record_day", table_name="raw_record")
     op.create_index("ix_raw_record_day", "raw_record", _DAY, **_partial("event_day IS NOT NULL"))
 
@@ -40,5 +44,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_raw_record_day", table_name="raw_record")
     op.create_index("ix_raw_record_day", "raw_record", _DAY)
+    op.drop_index("ix_raw_record_stream_id", table_name="raw_record")
+    op.create_index("ix_raw_record_stream_id", "raw_record", _STREAM)
     op.drop_index("ix_raw_record_key", table_name="raw_record")
     op.create_index("ix_raw_record_key", "raw_record", _KEY)
