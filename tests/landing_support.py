@@ -12,6 +12,7 @@ class Record:
     key: str
     data: dict[str, Any]
     problems: tuple[str, ...] = ()
+    digest: str | None = None
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,10 @@ def test_unchanged_export_is_not_downloaded_again_and_a_changed_one_is(simulator
     before = {r.key: r.data for r in records(first)}
     after = {r.key: r.data for r in records(changed)}
     assert {key for key, data in after.items() if data != before[key]} == paid
+    # Each bill's fingerprint, what landing compares, changes exactly with the bill.
+    digests_before = {r.key: r.digest for r in records(first)}
+    assert all(digests_before.values())
+    assert {r.key for r in records(changed) if r.digest != digests_before[r.key]} == paid
     for key in paid:
         assert after[key]["缴费状态"] == "已缴清" and before[key]["缴费状态"] != "已缴清"
         assert after[key]["已收金额(分)"] == after[key]["应收金额(分)"]

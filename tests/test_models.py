@@ -99,6 +99,27 @@ def test_a_streams_records_are_read_from_the_watermark_through_the_partial_index
                 assert "SCAN raw_record" not in plan and "Seq Scan" not in plan, plan
 
 
+def test_a_record_the_source_fingerprints_is_compared_by_that_and_encoded_only_to_land(tmp_path: Path) -> None:
+    with fresh_database("sqlite", tmp_path) as engine:
+        upgrade(engine)
+
+        def land(*records: Record) -> LandingResult:
+            result = LandingResult("finance", "fee_bills", "run-1", "full", None)
+            with engine.begin() as connection:
+                land_batches(connection, "finance", "fee_bills", [Batch(list(records))], result)
+            return result
+
+        assert land(Record("B1", {"amount": "100"}, digest="d1")).landed == 1
+        # Same fingerprint: unchanged, whatever the data says; a new fingerprint lands.
+        assert land(Record("B1", {"amount": "999"}, digest="d1")).unchanged == 1
+        assert land(Record("B1", {"amount": "200"}, digest="d2")).landed == 1
+        with engine.connect() as connection:
+            stored = connection.exec_driver_sql(
+                "SELECT content_hash, payload FROM raw_record WHERE source_key = 'B1' ORDER BY id"
+            ).all()
+        assert stored == [("d1", '{"amount": "100"}'), ("d2", '{"amount": "200"}')]
+
+
 _LATEST_HASH_PLAN = {
     "sqlite": (
         "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),

@@ -69,6 +69,10 @@ class Record(NamedTuple):
     key: str | None
     data: dict[str, Any]
     problems: tuple[str, ...] = ()
+    # A fingerprint of the record as the source sent it, where one is cheaper to take than an
+    # encoding of `data` (a CSV row's fields): raw landing compares it instead, and encodes only
+    # the records that changed — a whole export is mostly the same rows again.
+    digest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -474,7 +478,7 @@ class PageWindow:
 
 def _clean_records(stream: str, keys: list[str], rows: list[dict[str, Any]]) -> list[Record]:
     # tuple.__new__ builds the named tuples in C; calling Record() runs a Python-level __new__.
-    return list(map(tuple.__new__, repeat(Record), zip(repeat(stream), keys, rows, repeat(()))))
+    return list(map(tuple.__new__, repeat(Record), zip(repeat(stream), keys, rows, repeat(()), repeat(None))))
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import base64
 import codecs
 import csv
+import hashlib
 import io
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import IO, Any
@@ -170,6 +171,17 @@ def _rows(
     return rows, flagged
 
 
+def _row_digest(header: list[str]) -> Callable[[list[str]], str]:
+    """A bill's fingerprint: its row's fields as the export has them, under the export's columns
+    (a column renamed or moved changes every bill's). A tenth of the cost of encoding the bill."""
+    columns = "\x1f".join(header) + "\x1e"
+
+    def digest(values: list[str]) -> str:
+        return hashlib.md5((columns + "\x1f".join(values)).encode(), usedforsecurity=False).hexdigest()
+
+    return digest
+
+
 class FinanceSource(HttpSource):
     name = "finance"
     streams = STREAMS
@@ -298,10 +310,12 @@ class FinanceSource(HttpSource):
         with export.text:
             window = PageWindow(STREAMS["fee_bills"])
             header, undecodable = export.header, export.undecodable
+            digest = _row_digest(header)
             done = 0
             while True:
                 wanted = min(self.batch_size, export.rows - done)
-                rows, flagged = _rows(header, list(islice(export.reader, wanted)), undecodable)
+                values = list(islice(export.reader, wanted))
+                rows, flagged = _rows(header, values, undecodable)
                 first, done = done + 1, done + len(rows)
                 last = done >= export.rows
                 # The bytes agreed with the trailer, the parser must too (a lone \r ends a CSV record
@@ -313,10 +327,13 @@ class FinanceSource(HttpSource):
                         url=export.url,
                         page=f"rows {first}-{done}",
                     )
-                records = window.page(rows)
+                records = [
+                    Record(record.stream, record.key, record.data, record.problems, digest(row))
+                    for record, row in zip(window.page(rows), values, strict=True)
+                ]
                 for n, problems in flagged.items():
                     record = records[n]
-                    records[n] = Record(record.stream, record.key, record.data, (*record.problems, *problems))
+                    records[n] = record._replace(problems=(*record.problems, *problems))
                 page = f"rows {first}-{done}" if rows else "empty export"
                 # The ETag is safe to store only once every row of this version is committed.
                 yield self.batch("fee_bills", page, records, export.etag if last else None)

@@ -35,6 +35,8 @@ class RecordLike(Protocol):
     def data(self) -> dict[str, Any]: ...
     @property
     def problems(self) -> tuple[str, ...]: ...
+    @property
+    def digest(self) -> str | None: ...
 
 
 class BatchLike(Protocol):
@@ -46,11 +48,22 @@ class BatchLike(Protocol):
     def fetched_at(self) -> dt.datetime: ...
 
 
+def encode(payload: dict[str, Any]) -> str:
+    """A payload as raw landing stores it: JSON, keys in order."""
+    return json.dumps(payload, sort_keys=True, ensure_ascii=False)
+
+
 def serialise(payload: dict[str, Any]) -> tuple[str, str]:
     """A payload's JSON text and its content hash, from one serialisation: the text is what
     raw landing stores, so a record is encoded once on its way in."""
-    body = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    body = encode(payload)
     return body, hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()
+
+
+def _encoded(record: RecordLike) -> tuple[str | None, str]:
+    """(the stored text, or None until needed; the content hash): the source's own fingerprint
+    when it gives one — then the record is encoded only if it lands — else the text's."""
+    return (None, record.digest) if record.digest else serialise(record.data)
 
 
 def content_hash(payload: dict[str, Any]) -> str:
@@ -327,7 +340,7 @@ def land_batches(
             seen_keys.update(record.key for record in batch.records if record.key)
             result.keyless += sum(1 for record in bad if not record.key)
 
-        encoded = [serialise(r.data) for r in good]
+        encoded = [_encoded(r) for r in good]
         # Events (append-only streams) are never re-sent with new content: skip the look-up.
         known = {} if append_only else _latest_hashes(connection, source, stream, [r.key for r in good if r.key])
         fetched = fetched_at(batch.fetched_at)
@@ -339,7 +352,7 @@ def land_batches(
                 result.run_id,
                 fetched,
                 digest,
-                body,
+                encode(record.data) if body is None else body,
                 day_of(event_day(record.data)) if event_day else None,
             )
             for record, (body, digest) in zip(good, encoded, strict=True)
