@@ -327,6 +327,8 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
             f"unified inserted {totals.get('unified.inserted', 0):,}",
             flush=True,
         )
+        slowest = sorted({**steps, **card_steps}.items(), key=lambda item: -item[1])[:8]
+        print("  slowest steps: " + ", ".join(f"{key} {seconds:.1f} s" for key, seconds in slowest), flush=True)
 
         # -- the raw limit -----------------------------------------------------------------
         reset_peak_rss()

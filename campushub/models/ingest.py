@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import operator
 import queue
 import threading
 import time
@@ -176,12 +177,18 @@ def bulk_upsert(
         return 0
     columns = list(rows[0])
     converting = [(i, _memoised(p)) for i, p in enumerate(bind_processors(connection, table, columns)) if p]
-    values = []
-    for row in rows:
-        value = [row[name] for name in columns]
-        for index, processor in converting:
-            value[index] = processor(value[index])
-        values.append(tuple(value))
+    # A row's values read in C (itemgetter), then converted where the driver needs it.
+    in_order = operator.itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
+    values: list[Sequence[Any]] = list(map(in_order, rows))
+    if converting:
+
+        def converted(value: Sequence[Any]) -> tuple[Any, ...]:
+            bound = list(value)
+            for index, processor in converting:
+                bound[index] = processor(bound[index])
+            return tuple(bound)  # SQLAlchemy takes a driver statement's parameters as tuples
+
+        values = list(map(converted, values))
     quote = connection.dialect.identifier_preparer.quote
     names = ", ".join(quote(name) for name in columns)
     if update:
