@@ -828,7 +828,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
 
     from sqlalchemy import text
 
-    from campushub.models import checkpoints
+    from campushub.graphql import sqlite_writes
     from campushub.models.engine import make_engine
 
     database = tmp_path / "wal.db"
@@ -836,7 +836,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE audit (n INTEGER, body BLOB)"))
     engine.dispose()
-    log = checkpoints.Checkpoints(engine)
+    log = sqlite_writes.Checkpoints(engine)
     before = database.stat().st_size
     for batch in range(6):  # ~6 MB: far past SQLite's 1,000-page threshold, over several commits
         with engine.begin() as connection:
@@ -846,7 +846,7 @@ def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp
             )
     assert database.stat().st_size == before  # every page still in the log: no commit checkpointed
     log.wrote()
-    deadline = time.monotonic() + 10 * checkpoints.INTERVAL_S
+    deadline = time.monotonic() + 10 * sqlite_writes.INTERVAL_S
     while log._thread is not None and log._thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert log._thread is not None and not log._thread.is_alive()  # it ended once writes stopped

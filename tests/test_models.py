@@ -322,28 +322,3 @@ def test_a_load_stamps_every_row_it_writes_with_when_it_began(tmp_path: Path, mo
             stamps = connection.exec_driver_sql("SELECT DISTINCT loaded_at FROM grade").scalars().all()
     assert loaded.inserted == 12
     assert stamps == ["2026-11-27 08:00:00.000000"]
-
-
-def test_the_pipelines_sqlite_engine_folds_its_log_on_a_thread_after_commits(tmp_path: Path) -> None:
-    """A large commit no longer checkpoints inside itself: the pipeline's engine leaves that to a
-    thread, told by every commit, which folds the log into the database file soon after."""
-    import time
-
-    from campushub.models.checkpoints import INTERVAL_S
-    from campushub.orchestration.resources import _engine
-
-    database = tmp_path / "pipeline.db"
-    engine = _engine(f"sqlite:///{database}")
-    before = database.stat().st_size
-    with engine.begin() as connection:
-        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
-        connection.exec_driver_sql("CREATE TABLE filler (body BLOB)")
-        connection.exec_driver_sql(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) "
-            "INSERT INTO filler SELECT randomblob(1000) FROM n"
-        )
-    deadline = time.monotonic() + 20 * INTERVAL_S
-    while database.stat().st_size < before + 2_000_000 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert database.stat().st_size > before + 2_000_000  # the log's pages reached the file
-    engine.dispose()

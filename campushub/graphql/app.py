@@ -55,8 +55,7 @@ from campushub.graphql.context import RequestContext
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
-from campushub.graphql.sqlite_writes import SQLiteWriters
-from campushub.models.checkpoints import Checkpoints
+from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
 from campushub.models.engine import BUSY_TIMEOUT_MS, connection_lost, make_engine, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")

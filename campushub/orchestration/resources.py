@@ -17,7 +17,6 @@ from campushub.connectors.base import HttpSettings, HttpSource
 from campushub.connectors.card import CardSource
 from campushub.connectors.finance import FinanceSource
 from campushub.connectors.hr import HRSource
-from campushub.models.checkpoints import Checkpoints
 from campushub.models.engine import make_engine
 from campushub.models.migrate import upgrade
 
@@ -66,13 +65,9 @@ class CardAPI(SourceResource):
 
 @cache
 def _engine(url: str) -> Engine:
-    """One engine (and pool) per database per process, migrated to the latest schema once.
-    On an SQLite file, the write-ahead log is folded into the database on a thread of its own
-    (`Checkpoints`): inside a large commit it cost the pipeline seconds a time, one core idle."""
+    """One engine (and pool) per database per process, migrated to the latest schema once."""
     engine = make_engine(url)
     upgrade(engine)
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        Checkpoints(engine, on_commit=True)
     return engine
 
 
