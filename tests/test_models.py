@@ -120,6 +120,28 @@ def test_a_record_the_source_fingerprints_is_compared_by_that_and_encoded_only_t
         assert stored == [("d1", '{"amount": "100"}'), ("d2", '{"amount": "200"}')]
 
 
+def test_a_first_load_without_statistics_still_probes_each_keys_own_versions(tmp_path: Path) -> None:
+    """PostgreSQL plans the per-page look-up before any statistics exist for a stream's first
+    load (one transaction): it must still probe the key index, never walk the stream by id."""
+    with fresh_database("postgresql", tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            for version in range(2):
+                pages = [
+                    Batch([Record(f"S{n}", {"n": n, "v": version}) for n in range(s, s + 1000)])
+                    for s in range(0, 20_000, 1000)
+                ]
+                result = LandingResult("academic", "grades", "run-1", "full", None)
+                land_batches(connection, "academic", "grades", pages, result)
+            statement, _ = _LATEST_HASH_PLAN["postgresql"]
+            keys = [f"S{n}" for n in range(1000)]
+            plan = " ".join(
+                str(row)
+                for row in connection.execute(text(statement), {"source": "academic", "stream": "grades", "keys": keys})
+            )
+        assert "ix_raw_record_key" in plan and "ix_raw_record_stream_id" not in plan, plan
+
+
 _LATEST_HASH_PLAN = {
     "sqlite": (
         "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),

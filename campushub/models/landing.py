@@ -18,12 +18,18 @@ from sqlalchemy.orm import Mapped, mapped_column
 from campushub.models.base import Base, BigId, utcnow
 
 
-def _partial(condition: str) -> dict[str, Any]:
-    return {"sqlite_where": text(condition), "postgresql_where": text(condition)}
+def _partial(condition: str, postgresql: str | None = None) -> dict[str, Any]:
+    return {"sqlite_where": text(condition), "postgresql_where": text(postgresql or condition)}
 
 
 _RECORDS_ONLY = _partial("event_day IS NULL")
 _EVENTS_ONLY = _partial("event_day IS NOT NULL")
+# On PostgreSQL `id IS NOT NULL`, always true (id is the key), keeps this index to queries that
+# compare id (reads from a watermark) and out of the per-key look-up. Without statistics — a
+# stream's first load, one transaction no autovacuum sees — PostgreSQL estimates a row for the
+# whole stream and may walk it backwards by id for every key instead of probing the key index:
+# quadratic. (SQLite probes the key index anyway, and does not see `id > n` imply the condition.)
+_RECORDS_BY_ID = _partial("event_day IS NULL", postgresql="event_day IS NULL AND id IS NOT NULL")
 
 
 class RawRecord(Base):
@@ -36,7 +42,7 @@ class RawRecord(Base):
         # A key's versions, newest found first: the look-up raw landing does per page.
         Index("ix_raw_record_key", "source", "stream", "source_key", "id", **_RECORDS_ONLY),
         # What the unified layer reads: a stream's records landed after its watermark, in order.
-        Index("ix_raw_record_stream_id", "source", "stream", "id", **_RECORDS_ONLY),
+        Index("ix_raw_record_stream_id", "source", "stream", "id", **_RECORDS_BY_ID),
         # A day's events, for the daily partitions.
         Index("ix_raw_record_day", "source", "stream", "event_day", "id", **_EVENTS_ONLY),
     )

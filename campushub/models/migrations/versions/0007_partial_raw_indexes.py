@@ -28,15 +28,17 @@ _STREAM = ["source", "stream", "id"]
 _DAY = ["source", "stream", "event_day", "id"]
 
 
-def _partial(condition: str) -> dict[str, sa.TextClause]:
-    return {"sqlite_where": sa.text(condition), "postgresql_where": sa.text(condition)}
+def _partial(condition: str, postgresql: str | None = None) -> dict[str, sa.TextClause]:
+    return {"sqlite_where": sa.text(condition), "postgresql_where": sa.text(postgresql or condition)}
 
 
 def upgrade() -> None:
     op.drop_index("ix_raw_record_key", table_name="raw_record")
     op.create_index("ix_raw_record_key", "raw_record", _KEY, **_partial("event_day IS NULL"))
     op.drop_index("ix_raw_record_stream_id", table_name="raw_record")
-    op.create_index("ix_raw_record_stream_id", "raw_record", _STREAM, **_partial("event_day IS NULL"))
+    # On PostgreSQL `id IS NOT NULL` (always true) keeps the index to reads that compare id: see landing.py.
+    by_id = _partial("event_day IS NULL", postgresql="event_day IS NULL AND id IS NOT NULL")
+    op.create_index("ix_raw_record_stream_id", "raw_record", _STREAM, **by_id)
     op.drop_index("ix_raw_record_day", table_name="raw_record")
     op.create_index("ix_raw_record_day", "raw_record", _DAY, **_partial("event_day IS NOT NULL"))
 
