@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Date, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campushub.models.base import UTCDateTime, utcnow
+from campushub.models.engine import refresh_grown_statistics
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
 
 
@@ -473,6 +474,7 @@ def land_stream(
             # A keyless broken record could be any record: then nothing can be called deleted.
             if reconcile is not None and seen is not None and not result.keyless:
                 result.deleted = reconcile(connection, seen)
+            refresh_grown_statistics(connection)
             _save_cursor(connection, source, stream, result.cursor_after or state, run_id)
             result.seconds = time.perf_counter() - started
             _log_run(connection, result, started_at, "success", None)

@@ -473,7 +473,8 @@ def account_snapshot(connection: Connection) -> dt.datetime | None:
 # Tables of daily events, partitioned by their `day` column.
 DAILY_TABLES = frozenset({"card_transaction"})
 # A run over at most this many days checks the cards and transactions of those days alone
-# (index look-ups); a longer one checks the whole ledger in one pass (window functions).
+# (index look-ups); a longer one checks every card, and chains the whole ledger in one pass
+# (a window function).
 WINDOWED_DAYS = 31
 
 
@@ -497,25 +498,9 @@ def card_balance_problems(connection: Connection, days: tuple[dt.date, dt.date] 
     held may owe its balance to transactions not loaded yet (counted as `unsettled`).
     """
     snapshot = account_snapshot(connection)
-    # Bound through the same UTC type the columns use, so SQLite's text comparison lines up.
-    cutoff = "" if snapshot is None else "WHERE t.at < :snapshot"
-    statement = (
-        _last_transactions_in(snapshot is not None)
-        if _windowed(days)
-        else text(
-            f"""WITH ranked AS (
-                SELECT t.card_no, t.seq, t.balance_after_fen,
-                       ROW_NUMBER() OVER (PARTITION BY t.card_no ORDER BY t.seq DESC) AS position
-                FROM card_transaction t {cutoff}
-            ), ledger AS (SELECT MAX(at) AS ends FROM card_transaction)
-            SELECT a.card_no, a.balance_fen, r.balance_after_fen, r.seq,
-                   CASE WHEN a.source_updated_at > (SELECT ends FROM ledger) THEN 1 ELSE 0 END AS unsettled
-            FROM card_account a JOIN ranked r ON r.card_no = a.card_no AND r.position = 1
-            WHERE a.deleted_at IS NULL
-            ORDER BY a.card_no"""
-        )
-    )
+    statement = _last_transactions(before_snapshot=snapshot is not None, windowed=_windowed(days))
     if snapshot is not None:
+        # Bound through the same UTC type the columns use, so SQLite's text comparison lines up.
         statement = statement.bindparams(bindparam("snapshot", snapshot, type_=UTCDateTime()))
     if _windowed(days):
         assert days is not None
@@ -543,20 +528,25 @@ def card_balance_problems(connection: Connection, days: tuple[dt.date, dt.date] 
     )
 
 
-def _last_transactions_in(before_snapshot: bool) -> TextClause:
-    """`card_balance_problems`' rows for the cards with a transaction in [:first, :last]: each
-    card's last transaction found through the (card_no, seq) index instead of ranking them all."""
+def _last_transactions(*, before_snapshot: bool, windowed: bool) -> TextClause:
+    """`card_balance_problems`' rows: each card's last transaction, found through the (card_no,
+    seq) index — one short probe a card, where ranking every transaction by card (a window
+    function over millions of rows) cost seconds; windowed, only the cards with a transaction
+    in [:first, :last]. The ledger's end is its newest instant, which lies on its newest day
+    (a day is its transactions' date), read through the day index instead of a whole scan."""
     cutoff = "AND l.at < :snapshot" if before_snapshot else ""
+    in_window = "AND a.card_no IN (SELECT card_no FROM card_transaction WHERE day BETWEEN :first AND :last)"
     return text(
-        f"""WITH ledger AS (SELECT MAX(at) AS ends FROM card_transaction)
+        f"""WITH ledger AS (
+                SELECT MAX(at) AS ends FROM card_transaction
+                 WHERE day = (SELECT MAX(day) FROM card_transaction))
             SELECT a.card_no, a.balance_fen, t.balance_after_fen, t.seq,
                    CASE WHEN a.source_updated_at > (SELECT ends FROM ledger) THEN 1 ELSE 0 END AS unsettled
             FROM card_account a
             JOIN card_transaction t ON t.seq = (
                 SELECT l.seq FROM card_transaction l WHERE l.card_no = a.card_no {cutoff}
                 ORDER BY l.seq DESC LIMIT 1)
-            WHERE a.deleted_at IS NULL
-              AND a.card_no IN (SELECT card_no FROM card_transaction WHERE day BETWEEN :first AND :last)
+            WHERE a.deleted_at IS NULL {in_window if windowed else ""}
             ORDER BY a.card_no"""
     )
 

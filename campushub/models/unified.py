@@ -165,10 +165,11 @@ class Course(Tracked, Base):
 
 class Grade(Tracked, Base):
     __tablename__ = "grade"
+    # Leads with student_no: it is the look-up by student too (no index of its own to write).
     __table_args__ = (UniqueConstraint("student_no", "course_code", "term"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    student_no: Mapped[str] = mapped_column(String(20), index=True)
+    student_no: Mapped[str] = mapped_column(String(20))
     course_code: Mapped[str] = mapped_column(String(16))
     course_name: Mapped[str | None] = mapped_column(String(64))
     term: Mapped[str] = mapped_column(String(16))

@@ -18,7 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Exists, Select, Table, and_, cast, exists, func, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Exists,
+    Select,
+    Table,
+    TextClause,
+    and_,
+    cast,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from campushub.models import card_days
 from campushub.models import normalize as norm
@@ -433,15 +447,8 @@ def _write(
     if immutable:
         inserted = bulk_upsert(connection, table, key, rows, update=False)
         return inserted, 0, len(rows) - inserted
-    key_columns = [table.c[name] for name in key]
     keys = list(by_key)
-    # Filter on the leading key column only (it is indexed): row-value IN lists defeat
-    # SQLite's planner. Rows sharing the leading value but not in this chunk do no harm.
-    leading = sorted({k[0] for k in keys})
-    existing = {
-        tuple(r[: len(key)]): r[-1]
-        for r in connection.execute(select(*key_columns, table.c.row_hash).where(key_columns[0].in_(leading)))
-    }
+    existing = stored_hashes(connection, table, key, keys)
     for row in rows:
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
@@ -452,18 +459,54 @@ def _write(
     return inserted, len(changed) - inserted, len(rows) - len(changed)
 
 
+def stored_hashes(
+    connection: Connection, table: Table, key: tuple[str, ...], keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], str]:
+    """The stored fingerprint of each of `keys` (values of the unique `key`) that has a row.
+
+    One probe of the unique key per key, as a scalar subquery over the keys sent as one
+    parameter (arrays on PostgreSQL, a JSON list on SQLite). Asked instead for the rows whose
+    leading column is in a list, PostgreSQL scanned the whole table for every chunk of a first
+    load (one transaction, which no statistics cover: it guessed half the table would match —
+    grades, whose leading column alone is not unique), and SQLite read every identity of a
+    source for each chunk (`source` leads that key)."""
+    if not keys:
+        return {}
+    statement, parameters = stored_hashes_query(connection, table, key, keys)
+    return {tuple(r[:-1]): r[-1] for r in connection.execute(statement, parameters) if r[-1] is not None}
+
+
+def stored_hashes_query(
+    connection: Connection, table: Table, key: tuple[str, ...], keys: list[tuple[Any, ...]]
+) -> tuple[TextClause, dict[str, Any]]:
+    """`stored_hashes`' statement and its parameters (apart, so a test can read its plan)."""
+    dialect = connection.dialect
+    quote = dialect.identifier_preparer.quote
+    columns = [table.c[name] for name in key]
+    names = [f"k{i}" for i in range(len(columns))]
+    if dialect.name == "postgresql":
+        arrays = ", ".join(f"CAST(:{n} AS {c.type.compile(dialect)}[])" for n, c in zip(names, columns, strict=True))
+        source = f"unnest({arrays}) AS k({', '.join(names)})"
+        parameters: dict[str, Any] = {n: [k[i] for k in keys] for i, n in enumerate(names)}
+    else:
+        fields = ", ".join(f"json_extract(value, '$[{i}]') AS {n}" for i, n in enumerate(names))
+        source = f"(SELECT {fields} FROM json_each(:keys)) AS k"
+        parameters = {"keys": orjson.dumps(keys, default=str).decode()}
+    matches = " AND ".join(f"t.{quote(c.name)} = k.{n}" for n, c in zip(names, columns, strict=True))
+    statement = text(
+        f"SELECT {', '.join(f'k.{n}' for n in names)}, "
+        f"(SELECT t.row_hash FROM {quote(table.name)} AS t WHERE {matches}) FROM {source}"
+    )
+    return statement, parameters
+
+
 def _write_identities(connection: Connection, identities: list[dict[str, Any]]) -> None:
     if not identities:
         return
     table = SourceIdentity.__table__
-    (source,) = {i["source"] for i in identities}  # one mapping, one source
-    keys = [i["source_key"] for i in identities]
-    existing = {
-        (source, key): digest
-        for key, digest in connection.execute(
-            select(table.c.source_key, table.c.row_hash).where(table.c.source == source, table.c.source_key.in_(keys))
-        )
-    }
+    existing = stored_hashes(
+        connection, table, ("source", "source_key"), [(i["source"], i["source_key"]) for i in identities]
+    )
     changed = []
     for identity in identities:
         # The cipher is salted: hash the row without it, so an unchanged person is unchanged.

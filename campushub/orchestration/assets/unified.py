@@ -24,6 +24,7 @@ from dagster import (
 )
 from sqlalchemy import Connection
 
+from campushub.models.engine import refresh_grown_statistics
 from campushub.models.identity import resolve
 from campushub.models.unify import MAPPINGS, UnifyResult, link_references, unify, unify_hr_departments
 from campushub.orchestration.assets.raw import run_id_of
@@ -83,6 +84,7 @@ def unified_asset(
             if extra is not None:
                 total.add(extra(connection, run_id))
             link_references(connection)
+            refresh_grown_statistics(connection)  # what depends on this plans with them
         if total.inserted == total.updated == 0:
             context.log.info("nothing changed")
         return MaterializeResult(metadata=_metadata(total))
@@ -122,6 +124,7 @@ UNIFIED_ASSETS = [
 def persons(context: AssetExecutionContext, database: DatabaseResource) -> MaterializeResult:
     with database.engine.begin() as connection:
         result = resolve(connection)
+        refresh_grown_statistics(connection)
     return MaterializeResult(metadata=result.metadata())
 
 
@@ -161,6 +164,10 @@ def card_transactions(context: AssetExecutionContext, database: DatabaseResource
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="card-day") as pool:
         for result in pool.map(build, batches):
             total.add(result)
+    # Once the days are in, not per day: two days' transactions analyzing the table at once
+    # would each wait for the other's lock to go.
+    with engine.begin() as connection:
+        refresh_grown_statistics(connection, {"card_transaction": total.inserted})
     return MaterializeResult(metadata=_metadata(total))
 
 
