@@ -464,40 +464,46 @@ def stored_hashes(
 ) -> dict[tuple[Any, ...], str]:
     """The stored fingerprint of each of `keys` (values of the unique `key`) that has a row.
 
-    One probe of the unique key per key, as a scalar subquery over the keys sent as one
-    parameter (arrays on PostgreSQL, a JSON list on SQLite). Asked instead for the rows whose
-    leading column is in a list, PostgreSQL scanned the whole table for every chunk of a first
-    load (one transaction, which no statistics cover: it guessed half the table would match —
-    grades, whose leading column alone is not unique), and SQLite read every identity of a
-    source for each chunk (`source` leads that key)."""
+    PostgreSQL: one probe of the unique key per key, as a scalar subquery over the keys sent as
+    arrays. Asked instead for the rows of a list of leading values, it scanned the whole table for
+    every chunk of a first load (one transaction, which no statistics cover: it guessed half the
+    table would match — grades, whose leading column alone is not unique).
+
+    SQLite: the rows matching the key's leading columns as far as one list — the columns with
+    one value in the chunk (a source), then the first with several — which its planner probes
+    through the unique index; the rows of other keys are left out here. A probe per key, with
+    the keys passed as JSON, cost three times as much there."""
     if not keys:
         return {}
     statement, parameters = stored_hashes_query(connection, table, key, keys)
-    return {tuple(r[:-1]): r[-1] for r in connection.execute(statement, parameters) if r[-1] is not None}
+    found = {tuple(r[: len(key)]): r[-1] for r in connection.execute(statement, parameters) if r[-1] is not None}
+    return {k: found[k] for k in keys if k in found}
 
 
 def stored_hashes_query(
     connection: Connection, table: Table, key: tuple[str, ...], keys: list[tuple[Any, ...]]
-) -> tuple[TextClause, dict[str, Any]]:
+) -> tuple[Select[Any] | TextClause, dict[str, Any]]:
     """`stored_hashes`' statement and its parameters (apart, so a test can read its plan)."""
+    columns = [table.c[name] for name in key]
+    if connection.dialect.name != "postgresql":
+        conditions = []
+        for position, column in enumerate(columns):
+            values = sorted({k[position] for k in keys})
+            conditions.append(column == values[0] if len(values) == 1 else column.in_(values))
+            if len(values) > 1:
+                break
+        return select(*columns, table.c.row_hash).where(*conditions), {}
     dialect = connection.dialect
     quote = dialect.identifier_preparer.quote
-    columns = [table.c[name] for name in key]
     names = [f"k{i}" for i in range(len(columns))]
-    if dialect.name == "postgresql":
-        arrays = ", ".join(f"CAST(:{n} AS {c.type.compile(dialect)}[])" for n, c in zip(names, columns, strict=True))
-        source = f"unnest({arrays}) AS k({', '.join(names)})"
-        parameters: dict[str, Any] = {n: [k[i] for k in keys] for i, n in enumerate(names)}
-    else:
-        fields = ", ".join(f"json_extract(value, '$[{i}]') AS {n}" for i, n in enumerate(names))
-        source = f"(SELECT {fields} FROM json_each(:keys)) AS k"
-        parameters = {"keys": orjson.dumps(keys, default=str).decode()}
+    arrays = ", ".join(f"CAST(:{n} AS {c.type.compile(dialect)}[])" for n, c in zip(names, columns, strict=True))
     matches = " AND ".join(f"t.{quote(c.name)} = k.{n}" for n, c in zip(names, columns, strict=True))
     statement = text(
         f"SELECT {', '.join(f'k.{n}' for n in names)}, "
-        f"(SELECT t.row_hash FROM {quote(table.name)} AS t WHERE {matches}) FROM {source}"
+        f"(SELECT t.row_hash FROM {quote(table.name)} AS t WHERE {matches}) "
+        f"FROM unnest({arrays}) AS k({', '.join(names)})"
     )
-    return statement, parameters
+    return statement, {n: [k[i] for k in keys] for i, n in enumerate(names)}
 
 
 def _write_identities(connection: Connection, identities: list[dict[str, Any]]) -> None:
