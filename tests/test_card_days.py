@@ -21,7 +21,7 @@ from campushub.models import card_days
 from campushub.models import normalize as norm
 from campushub.models.ingest import LandingResult, land_batches
 from campushub.models.migrate import upgrade
-from campushub.models.unify import MAPPINGS, unify
+from campushub.models.unify import MAPPINGS, _not_loaded, _raw_query, unify
 from tests.databases import DATABASES, fresh_database
 from tests.landing_support import Batch, Record
 
@@ -189,3 +189,27 @@ def test_the_fast_path_writes_inside_the_callers_transaction(database_kind: str,
                 assert card_days.insert_well_formed(connection, DAY) == len(WELL_FORMED)
                 transaction.rollback()
             assert connection.exec_driver_sql("SELECT count(*) FROM card_transaction").scalar_one() == 0
+
+
+def test_a_day_probes_the_card_table_per_event_whatever_the_statistics(tmp_path: Path) -> None:
+    """Whether an event is loaded already is one primary-key probe an event. Once raw landing
+    had statistics (a day of thousands of events) and the card table had none (a backfill
+    filling it), PostgreSQL planned NOT EXISTS as a hash anti-join over the whole card table —
+    for every day of a backfill again."""
+    events = [_event(seq, txn_amt=-seq) for seq in range(1, 5_001)]
+    with fresh_database("postgresql", tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            result = LandingResult("card", "card_transactions", "run-land", "full", None)
+            batch = Batch([Record(str(event["seq"]), event) for event in events])
+            land_batches(
+                connection, "card", "card_transactions", [batch], result, append_only=True, event_day=lambda _: DAY
+            )
+            connection.exec_driver_sql("ANALYZE raw_record")
+        with engine.begin() as connection:
+            query = _raw_query(MAPPING, 0, DAY).where(_not_loaded(MAPPING))
+            python_path = query.compile(connection, compile_kwargs={"literal_binds": True})
+            for statement, parameters in ((card_days._POSTGRESQL, {"day": DAY}), (str(python_path), {})):
+                plan = " ".join(str(row) for row in connection.execute(text("EXPLAIN " + statement), parameters))
+                assert "pk_card_transaction" in plan and "Seq Scan on card_transaction" not in plan, plan
+            assert card_days.insert_well_formed(connection, DAY) == len(events)

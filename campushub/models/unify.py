@@ -19,14 +19,13 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    ColumnElement,
     Connection,
-    Exists,
     Select,
     Table,
     TextClause,
     and_,
     cast,
-    exists,
     func,
     or_,
     select,
@@ -551,7 +550,7 @@ def unify(
             inserted = mapping.in_database(connection, event_day)
             result.read += inserted
             result.inserted += inserted
-        query = query.where(~_already_loaded(mapping))
+        query = query.where(_not_loaded(mapping))
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
@@ -606,11 +605,14 @@ def _raw_query(mapping: Mapping, watermark: int, event_day: dt.date | None) -> S
     )
 
 
-def _already_loaded(mapping: Mapping) -> Exists:
-    """An immutable record whose (single, integer) key is in its table already."""
+def _not_loaded(mapping: Mapping) -> ColumnElement[bool]:
+    """An immutable record whose (single, integer) key is not in its table yet: a scalar
+    subquery, one probe of the key a record (see card_days.py: PostgreSQL may turn NOT EXISTS
+    into a scan of the whole table)."""
     (key,) = mapping.key
     column = mapping.table.c[key]
-    return exists().where(column == cast(RawRecord.__table__.c.source_key, column.type))
+    loaded = select(column).where(column == cast(RawRecord.__table__.c.source_key, column.type))
+    return loaded.scalar_subquery().is_(None)
 
 
 def mark_deleted(connection: Connection, mapping: Mapping, present_keys: set[str]) -> int:
