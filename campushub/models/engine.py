@@ -126,11 +126,13 @@ def refresh_grown_statistics(connection: Connection, written: Mapping[str, int] 
     transaction (its pending counts, which may still hold a previous transaction's of the last
     second: at worst a table is analyzed once more than needed). Returns the tables analyzed.
 
-    The next step of a pipeline plans its statements right after a bulk load, while autovacuum
-    may not have come round yet (nor ever, where it is off): planned for empty tables, a
-    look-up by a list of values scanned the whole table per chunk (the person master at the
-    university profile). ANALYZE samples the transaction's own rows, and stays cheap (a fixed
-    sample, whatever the table's size). SQLite's plans need no statistics here: nothing to do."""
+    The next step of a pipeline — a check, the next entity, the API — plans its statements
+    right after a bulk load, while autovacuum may not have come round yet (nor ever, where it
+    is off), for tables it believes empty: plans fit for a handful of rows, such as scanning a
+    whole table per look-up (see `refresh_statistics`). ANALYZE samples the transaction's own
+    rows, and stays cheap (a fixed sample, whatever the table's size). The statements of a
+    first load itself are written not to depend on statistics (see `unify.stored_hashes`,
+    card_days.py). SQLite's plans need no statistics here: nothing to do."""
     if connection.dialect.name != "postgresql":
         return []
     counted = (
@@ -138,11 +140,13 @@ def refresh_grown_statistics(connection: Connection, written: Mapping[str, int] 
         "WHERE schemaname = current_schema()"
     )
     changed = dict(written if written is not None else connection.exec_driver_sql(counted).all())
+    schema = str(connection.exec_driver_sql("SELECT current_schema()").scalar_one())
     sizes = dict(
         connection.exec_driver_sql(
             "SELECT relname, greatest(reltuples, 0) FROM pg_class "
-            "WHERE relnamespace = current_schema()::regnamespace AND relname = ANY(%(names)s)",
-            {"names": list(changed)},
+            "WHERE relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %(schema)s) "
+            "AND relname = ANY(%(names)s)",
+            {"schema": schema, "names": list(changed)},
         ).all()
     )
     grown = sorted(
@@ -150,6 +154,9 @@ def refresh_grown_statistics(connection: Connection, written: Mapping[str, int] 
         for name, rows in changed.items()
         if name in sizes and rows > ANALYZE_THRESHOLD_ROWS + ANALYZE_SCALE_FACTOR * sizes[name]
     )
+    quote = connection.dialect.identifier_preparer.quote
     for name in grown:
-        connection.exec_driver_sql(f'ANALYZE "{name}"')
+        # SKIP_LOCKED: a table another transaction is vacuuming or analyzing is left to it,
+        # rather than holding this load's transaction (and its cursor) waiting.
+        connection.exec_driver_sql(f"ANALYZE (SKIP_LOCKED) {quote(schema)}.{quote(name)}")
     return grown

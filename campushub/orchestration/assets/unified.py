@@ -164,8 +164,8 @@ def card_transactions(context: AssetExecutionContext, database: DatabaseResource
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="card-day") as pool:
         for result in pool.map(build, batches):
             total.add(result)
-    # Once the days are in, not per day: two days' transactions analyzing the table at once
-    # would each wait for the other's lock to go.
+    # Once the days are in, not per day: the two workers' day transactions would queue behind
+    # each other's ANALYZE until commit.
     with engine.begin() as connection:
         refresh_grown_statistics(connection, {"card_transaction": total.inserted})
     return MaterializeResult(metadata=_metadata(total))
