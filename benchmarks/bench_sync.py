@@ -11,8 +11,8 @@ what `campushub run` (orchestration/mainjob.py) does.
 The raw limit: the GET requests the connectors sent during the full sync are recorded, then
 replayed with the same client and authentication and only parsed (JSON, or the finance
 export's GBK CSV), and each page's records go straight into a plain table through the
-database's own bulk path — `executemany` of tuples on SQLite, `COPY … FROM STDIN` (psycopg 3
-`cursor.copy`) on PostgreSQL — one transaction per stream, no hashing, no look-ups, no
+database's own bulk path — `executemany` of tuples on SQLite, binary `COPY … FROM STDIN` (psycopg
+3 `cursor.copy`, as raw landing writes) on PostgreSQL — one transaction per stream, no hashing, no look-ups, no
 indexes. The payload column has the type raw landing uses (JSON text on SQLite, JSONB on
 PostgreSQL), so a record is serialised once, as any store of it must.
 
@@ -232,8 +232,14 @@ def bulk_writer(engine: Engine) -> tuple[Any, Callable[[str, list[Any]], None]]:
         cursor.execute(f"CREATE TABLE {RAW_LIMIT_TABLE} (stream text, payload jsonb)")
         dbapi.commit()
 
+        from psycopg.types.json import set_json_dumps
+
+        # Binary COPY, as raw landing writes: the JSON text is sent as it is.
+        set_json_dumps(lambda text: text, context=cursor)
+
         def write(stream: str, records: list[Any]) -> None:
-            with cursor.copy(f"COPY {RAW_LIMIT_TABLE} (stream, payload) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {RAW_LIMIT_TABLE} (stream, payload) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "jsonb"])
                 for record in records:
                     copy.write_row((stream, json.dumps(record, ensure_ascii=False)))
 
@@ -337,7 +343,7 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
         print(
             f"raw limit: {limit:8.1f} s  (same {len(sent):,} GETs replayed with httpx + parse: "
             f"{limit - inserting:.1f} s; {replayed:,} records bulk-inserted "
-            f"({'COPY' if kind == 'postgresql' else 'executemany'}): {inserting:.1f} s)",
+            f"({'binary COPY' if kind == 'postgresql' else 'executemany'}): {inserting:.1f} s)",
             flush=True,
         )
         print(f"full sync / raw limit: {full / limit:.2f}x (goal <= 2x)", flush=True)
