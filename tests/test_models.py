@@ -135,7 +135,7 @@ def test_a_first_load_without_statistics_still_probes_each_keys_own_versions(tmp
                 result = LandingResult("academic", "grades", "run-1", "full", None)
                 land_batches(connection, "academic", "grades", pages, result)
             statement, _ = _LATEST_HASH_PLAN["postgresql"]
-            keys = [f"S{n}" for n in range(1000)]
+            keys = json.dumps([f"S{n}" for n in range(1000)])
             plan = " ".join(
                 str(row)
                 for row in connection.execute(text(statement), {"source": "academic", "stream": "grades", "keys": keys})
@@ -190,7 +190,7 @@ _LATEST_HASH_PLAN = {
     ),
     "postgresql": (
         "EXPLAIN " + _LATEST_HASH.format(keys=_KEY_LISTS["postgresql"]),
-        {"source": "academic", "stream": "students", "keys": ["S1", "S2"]},
+        {"source": "academic", "stream": "students", "keys": '["S1", "S2"]'},
     ),
 }
 

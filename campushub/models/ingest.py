@@ -20,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from sqlalchemy import Connection, Date, Engine, Table, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -113,18 +114,27 @@ def _sqlite_date(value: dt.date | None) -> str | None:
 _SQLITE_TEXT: dict[type, Callable[[Any], Any]] = {UTCDateTime: _sqlite_instant, Date: _sqlite_date}
 
 
-def bulk_insert(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def bulk_insert(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    binary: bool = True,
+) -> None:
     """Append `rows` (tuples in `columns` order, values already as the driver takes them) to
     `table` inside the connection's transaction, by the database's own bulk path: COPY on
-    PostgreSQL, one prepared INSERT run over all rows elsewhere. No ORM, no per-row dicts."""
+    PostgreSQL (binary unless told otherwise: see `_copy`), one prepared INSERT run over all
+    rows elsewhere. No ORM, no per-row dicts."""
     if not rows:
         return
-    names = ", ".join(columns)
+    quote = connection.dialect.identifier_preparer.quote
+    names = ", ".join(quote(name) for name in columns)
     if connection.dialect.name == "postgresql":
-        _copy_binary(connection, table.name, names, rows, json_as_text=True)
+        _copy(connection, quote(table.name), names, rows, binary=binary)
         return
     marks = ", ".join("?" for _ in columns)
-    connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))
+    connection.exec_driver_sql(f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks})", list(rows))
 
 
 @dataclass
@@ -173,6 +183,40 @@ def bulk_upsert(
     """
     if not rows:
         return 0
+    columns, values = _bound(connection, table, rows)
+    quote = connection.dialect.identifier_preparer.quote
+    names = ", ".join(quote(name) for name in columns)
+    if update:
+        assignments = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in columns if n not in key)
+        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO UPDATE SET {assignments}"
+    else:
+        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO NOTHING"
+    if connection.dialect.name != "postgresql":
+        marks = ", ".join("?" for _ in columns)
+        sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
+        return int(connection.exec_driver_sql(sql, values).rowcount)
+    stage = _staging_table(connection, table, columns)
+    _copy(connection, stage, names, values)
+    with connection.connection.driver_connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {stage} {conflict}")
+        written = cursor.rowcount
+        cursor.execute(f"TRUNCATE {stage}")
+    return int(written)
+
+
+def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT `rows`, all with the same columns, whose keys the caller has found absent in this
+    transaction (the unified layer has one writer at a time): no conflict to handle, so on
+    PostgreSQL they are copied straight into the table — staging them and merging costs about
+    half as much again. A key that is there after all fails the load, as a unique key must.
+    As text: a mapper may pass a source's odd value through, which binary input would refuse."""
+    if rows:
+        columns, values = _bound(connection, table, rows)
+        bulk_insert(connection, table, columns, values, binary=False)
+
+
+def _bound(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[Any]]:
+    """The rows' columns, and each row as a tuple of values as the driver takes them."""
     columns = list(rows[0])
     converting = [(i, _memoised(p)) for i, p in enumerate(bind_processors(connection, table, columns)) if p]
     # A row's values read in C (itemgetter), then converted where the driver needs it.
@@ -187,27 +231,7 @@ def bulk_upsert(
             return tuple(bound)  # SQLAlchemy takes a driver statement's parameters as tuples
 
         values = list(map(converted, values))
-    quote = connection.dialect.identifier_preparer.quote
-    names = ", ".join(quote(name) for name in columns)
-    if update:
-        assignments = ", ".join(f"{quote(n)} = excluded.{quote(n)}" for n in columns if n not in key)
-        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO UPDATE SET {assignments}"
-    else:
-        conflict = f"ON CONFLICT ({', '.join(quote(n) for n in key)}) DO NOTHING"
-    if connection.dialect.name != "postgresql":
-        marks = ", ".join("?" for _ in columns)
-        sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
-        return int(connection.exec_driver_sql(sql, values).rowcount)
-    stage = _staging_table(connection, table, columns)
-    driver = connection.connection.driver_connection
-    with driver.cursor() as cursor:
-        with cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        cursor.execute(f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {stage} {conflict}")
-        written = cursor.rowcount
-        cursor.execute(f"TRUNCATE {stage}")
-    return int(written)
+    return columns, values
 
 
 def _memoised(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -227,23 +251,28 @@ def _memoised(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return memoised
 
 
-def _copy_binary(
-    connection: Connection, table: str, names: str, rows: Iterable[Sequence[Any]], *, json_as_text: bool = False
+def _copy(
+    connection: Connection, table: str, names: str, rows: Iterable[Sequence[Any]], *, binary: bool = False
 ) -> None:
-    """COPY `rows` into the columns `names` of `table` in PostgreSQL's binary format: psycopg
-    formats a binary row in C, where a text row costs a Python call per row and value — at
-    raw landing's eight columns, the largest single cost of a load after the source's own
-    pages. Binary input does not coerce: every value must be of its column's Python type
-    (str for text, int, datetime, date), which raw landing's own columns are by construction;
-    unified rows, whose mappers may pass a source's odd value through, keep the text format.
-    With `json_as_text`, JSON columns are given JSON text, sent as it is."""
+    """COPY `rows` into the columns `names` of `table` (PostgreSQL).
+
+    `binary`: in PostgreSQL's binary format, which psycopg formats in C, where a text row costs
+    a Python call per row and value — at raw landing's eight columns, the largest single cost
+    of a load after the source's own pages. Binary input does not coerce: every value must be
+    of its column's Python type (str for text, int, datetime, date), which raw landing's own
+    columns are by construction, and JSON columns are given JSON text, sent as it is. Unified
+    rows, whose mappers may pass a source's odd value through, go as text."""
     from psycopg.types.json import set_json_dumps  # PostgreSQL's driver: imported where it is used
 
     driver = connection.connection.driver_connection
     with driver.cursor() as cursor:
+        if not binary:
+            with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            return
         types = _column_types(connection, cursor, table, names)
-        if json_as_text:
-            set_json_dumps(_as_given, context=cursor)
+        set_json_dumps(_as_given, context=cursor)
         with cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
             copy.set_types(types)
             for row in rows:
@@ -294,8 +323,10 @@ _LATEST_HASH = """SELECT k.key, (SELECT r.content_hash FROM raw_record r
                                   AND r.event_day IS NULL
                                 ORDER BY r.id DESC LIMIT 1)
                   FROM {keys}"""
+# The keys go as one JSON array: encoded in C by orjson, where psycopg builds a text[] value in
+# Python, element by element.
 _KEY_LISTS = {
-    "postgresql": "unnest(CAST(:keys AS text[])) AS k(key)",
+    "postgresql": "json_array_elements_text(CAST(:keys AS json)) AS k(key)",
     "sqlite": "(SELECT value AS key FROM json_each(:keys)) AS k",
 }
 
@@ -304,10 +335,9 @@ def _latest_hashes(connection: Connection, source: str, stream: str, keys: list[
     """The content hash of the newest landed version of each key."""
     if not keys:
         return {}
-    dialect = connection.dialect.name
-    statement = _LATEST_HASH.format(keys=_KEY_LISTS[dialect])
-    parameter = keys if dialect == "postgresql" else json.dumps(keys)
-    rows = connection.execute(text(statement), {"source": source, "stream": stream, "keys": parameter})
+    statement = _LATEST_HASH.format(keys=_KEY_LISTS[connection.dialect.name])
+    parameters = {"source": source, "stream": stream, "keys": orjson.dumps(keys).decode()}
+    rows = connection.execute(text(statement), parameters)
     return {key: digest for key, digest in rows if digest is not None}
 
 

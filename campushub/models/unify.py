@@ -36,7 +36,7 @@ from sqlalchemy import (
 from campushub.models import card_days
 from campushub.models import normalize as norm
 from campushub.models.base import utcnow
-from campushub.models.ingest import bulk_upsert, upsert
+from campushub.models.ingest import bulk_append, bulk_upsert, upsert
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncState, landed_records
 from campushub.models.protect import encrypt_id, id_hash
 from campushub.models.unified import (
@@ -452,10 +452,11 @@ def _write(
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
         row["loaded_at"] = loaded_at
-    changed = [row for row, k in zip(rows, keys, strict=True) if existing.get(k) != row["row_hash"]]
+    fresh = [row for row, k in zip(rows, keys, strict=True) if k not in existing]
+    changed = [row for row, k in zip(rows, keys, strict=True) if k in existing and existing[k] != row["row_hash"]]
+    bulk_append(connection, table, fresh)
     bulk_upsert(connection, table, key, changed, update=True)
-    inserted = sum(1 for k in keys if k not in existing)
-    return inserted, len(changed) - inserted, len(rows) - len(changed)
+    return len(fresh), len(changed), len(rows) - len(fresh) - len(changed)
 
 
 def stored_hashes(
@@ -492,17 +493,20 @@ def stored_hashes_query(
             if len(values) > 1:
                 break
         return select(*columns, table.c.row_hash).where(*conditions), {}
+    # Each key column's values go as one JSON array (encoded in C by orjson, where psycopg builds
+    # an array value in Python, element by element), read back as the column's type.
     dialect = connection.dialect
     quote = dialect.identifier_preparer.quote
     names = [f"k{i}" for i in range(len(columns))]
-    arrays = ", ".join(f"CAST(:{n} AS {c.type.compile(dialect)}[])" for n, c in zip(names, columns, strict=True))
+    typed = ", ".join(f"CAST({n} AS {c.type.compile(dialect)}) AS {n}" for n, c in zip(names, columns, strict=True))
+    arrays = ", ".join(f"json_array_elements_text(CAST(:{n} AS json))" for n in names)
     matches = " AND ".join(f"t.{quote(c.name)} = k.{n}" for n, c in zip(names, columns, strict=True))
     statement = text(
         f"SELECT {', '.join(f'k.{n}' for n in names)}, "
         f"(SELECT t.row_hash FROM {quote(table.name)} AS t WHERE {matches}) "
-        f"FROM unnest({arrays}) AS k({', '.join(names)})"
+        f"FROM (SELECT {typed} FROM ROWS FROM ({arrays}) AS j({', '.join(names)})) AS k"
     )
-    return statement, {n: [k[i] for k in keys] for i, n in enumerate(names)}
+    return statement, {n: orjson.dumps([k[i] for k in keys]).decode() for i, n in enumerate(names)}
 
 
 def _write_identities(connection: Connection, identities: list[dict[str, Any]]) -> None:
@@ -512,12 +516,14 @@ def _write_identities(connection: Connection, identities: list[dict[str, Any]]) 
     existing = stored_hashes(
         connection, table, ("source", "source_key"), [(i["source"], i["source_key"]) for i in identities]
     )
-    changed = []
+    fresh, changed = [], []
     for identity in identities:
         # The cipher is salted: hash the row without it, so an unchanged person is unchanged.
         digest = row_hash({k: v for k, v in identity.items() if k != "id_number_cipher"})
-        if existing.get((identity["source"], identity["source_key"])) != digest:
-            changed.append({**identity, "row_hash": digest, "resolved": False})
+        stored = existing.get((identity["source"], identity["source_key"]))
+        if stored != digest:
+            (fresh if stored is None else changed).append({**identity, "row_hash": digest, "resolved": False})
+    bulk_append(connection, table, fresh)
     bulk_upsert(connection, table, ("source", "source_key"), changed, update=True)
 
 
