@@ -183,6 +183,45 @@ def test_unify_finds_stored_fingerprints_by_probing_the_unique_key(database_kind
         assert "SEARCH grade USING INDEX sqlite_autoindex_grade_1 (student_no=?)" in plan, plan
 
 
+@DATABASES
+def test_unify_writes_new_changed_and_unchanged_rows_each_their_way(database_kind: str, tmp_path: Path) -> None:
+    """New keys are appended (PostgreSQL: copied straight in), changed ones merged, unchanged
+    ones left alone — and a value of the wrong type for its column lands as the text the
+    database makes of it, the rest of the chunk with it."""
+    table, key = Grade.__table__, ("student_no", "course_code", "term")
+
+    def grades(score: int, odd: bool = False) -> dict[tuple[Any, ...], dict[str, Any]]:
+        rows = {
+            (f"S{n}", "C01", "2025-2026-1"): {
+                "student_no": f"S{n}",
+                "course_code": "C01",
+                "term": "2025-2026-1",
+                "score": score if n < 5 else 60,
+                "credits": 2.5,
+            }
+            for n in range(10)
+        }
+        if odd:  # a number where the course name's text belongs
+            rows[("S10", "C01", "2025-2026-1")] = {**rows[("S9", "C01", "2025-2026-1")], "student_no": "S10"}
+            for row in rows.values():
+                row["course_name"] = 12345 if row["student_no"] == "S10" else "高等数学"
+        return rows
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            first = _write(connection, table, key, grades(70), immutable=False, loaded_at=utcnow())
+            again = _write(connection, table, key, grades(70), immutable=False, loaded_at=utcnow())
+            changed = _write(connection, table, key, grades(90, odd=True), immutable=False, loaded_at=utcnow())
+            stored = {
+                row[0]: (row[1], row[2])
+                for row in connection.execute(text("SELECT student_no, score, course_name FROM grade"))
+            }
+    assert first == (10, 0, 0) and again == (0, 0, 10)
+    assert changed == (1, 10, 0)  # S10 new; every other row has a course name now, S0-S4 a new score too
+    assert stored["S0"] == (90, "高等数学") and stored["S9"] == (60, "高等数学") and stored["S10"] == (60, "12345")
+
+
 _LATEST_HASH_PLAN = {
     "sqlite": (
         "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),

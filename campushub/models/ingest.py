@@ -209,7 +209,9 @@ def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, A
     transaction (the unified layer has one writer at a time): no conflict to handle, so on
     PostgreSQL they are copied straight into the table — staging them and merging costs about
     half as much again. A key that is there after all fails the load, as a unique key must.
-    As text: a mapper may pass a source's odd value through, which binary input would refuse."""
+    As text: a mapper may pass a source's odd value through (a number where text belongs), which
+    binary input refuses and the server converts. (Binary saved a second of client time on
+    365,000 grades, but the server was the bottleneck of the copy: no faster.)"""
     if rows:
         columns, values = _bound(connection, table, rows)
         bulk_insert(connection, table, columns, values, binary=False)
