@@ -192,24 +192,45 @@ def test_the_fast_path_writes_inside_the_callers_transaction(database_kind: str,
 
 
 def test_a_day_probes_the_card_table_per_event_whatever_the_statistics(tmp_path: Path) -> None:
-    """Whether an event is loaded already is one primary-key probe an event. Once raw landing
-    had statistics (a day of thousands of events) and the card table had none (a backfill
-    filling it), PostgreSQL planned NOT EXISTS as a hash anti-join over the whole card table —
-    for every day of a backfill again."""
-    events = [_event(seq, txn_amt=-seq) for seq in range(1, 5_001)]
+    """Whether an event is loaded already is one index probe an event. Once raw landing had
+    statistics (a day of thousands of events) and the card table had none (a backfill filling
+    it), PostgreSQL planned NOT EXISTS as a hash anti-join over the whole card table — for every
+    day of a backfill again; and once the card table was analyzed while empty, it scanned the
+    whole per-card index for each event, probing it by its second column."""
+    earlier = DAY - dt.timedelta(days=1)
+    days = {
+        earlier: [_event(seq, txn_amt=-seq, txn_time="20260228120000") for seq in range(1, 5_001)],
+        DAY: [_event(seq, txn_amt=-seq) for seq in range(5_001, 10_001)],
+    }
     with fresh_database("postgresql", tmp_path) as engine:
         upgrade(engine)
         with engine.begin() as connection:
             result = LandingResult("card", "card_transactions", "run-land", "full", None)
-            batch = Batch([Record(str(event["seq"]), event) for event in events])
+            batch = Batch([Record(str(event["seq"]), event) for events in days.values() for event in events])
             land_batches(
-                connection, "card", "card_transactions", [batch], result, append_only=True, event_day=lambda _: DAY
+                connection,
+                "card",
+                "card_transactions",
+                [batch],
+                result,
+                append_only=True,
+                event_day=lambda event: earlier if event["txn_time"].startswith("20260228") else DAY,
             )
             connection.exec_driver_sql("ANALYZE raw_record")
+        for card_table in ("never analyzed", "analyzed while empty, a day loaded since"):
+            if card_table != "never analyzed":
+                with engine.begin() as connection:
+                    connection.exec_driver_sql("ANALYZE card_transaction")
+                with engine.begin() as connection:
+                    assert card_days.insert_well_formed(connection, earlier) == len(days[earlier])
+            with engine.begin() as connection:
+                query = _raw_query(MAPPING, 0, DAY).where(_not_loaded(MAPPING, "postgresql"))
+                python_path = query.compile(connection, compile_kwargs={"literal_binds": True})
+                for statement, parameters in ((card_days._POSTGRESQL, {"day": DAY}), (str(python_path), {})):
+                    plan = [str(row[0]).strip() for row in connection.execute(text("EXPLAIN " + statement), parameters)]
+                    probes = [n for n, line in enumerate(plan) if "Scan" in line and " on card_transaction" in line]
+                    assert probes and "Seq Scan on card_transaction" not in " ".join(plan), (card_table, plan)
+                    for n in probes:  # the per-card index is probed by card number, never read whole
+                        assert "pk_card_transaction" in plan[n] or "(card_no = " in plan[n + 1], (card_table, plan)
         with engine.begin() as connection:
-            query = _raw_query(MAPPING, 0, DAY).where(_not_loaded(MAPPING))
-            python_path = query.compile(connection, compile_kwargs={"literal_binds": True})
-            for statement, parameters in ((card_days._POSTGRESQL, {"day": DAY}), (str(python_path), {})):
-                plan = " ".join(str(row) for row in connection.execute(text("EXPLAIN " + statement), parameters))
-                assert "pk_card_transaction" in plan and "Seq Scan on card_transaction" not in plan, plan
-            assert card_days.insert_well_formed(connection, DAY) == len(events)
+            assert card_days.insert_well_formed(connection, DAY) == len(days[DAY])

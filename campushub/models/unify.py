@@ -81,6 +81,9 @@ class Mapping:
     # For a day-partitioned event stream: maps and inserts a day's well-formed events inside the
     # database, leaving the rest to `map` (see card_days.py).
     in_database: Callable[[Connection, dt.date], int] | None = None
+    # For an immutable stream: a column its payload carries under the same name, named beside
+    # the key when PostgreSQL probes whether an event is loaded (see `_not_loaded`).
+    probe_also: str | None = None
 
     @property
     def watermark_stream(self) -> str:
@@ -337,6 +340,7 @@ MAPPINGS: dict[tuple[str, str], Mapping] = {
             card_transaction,
             immutable=True,
             in_database=card_days.insert_well_formed,
+            probe_also="card_no",
         ),
     )
 }
@@ -556,7 +560,7 @@ def unify(
             inserted = mapping.in_database(connection, event_day)
             result.read += inserted
             result.inserted += inserted
-        query = query.where(_not_loaded(mapping))
+        query = query.where(_not_loaded(mapping, connection.dialect.name))
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
@@ -611,14 +615,25 @@ def _raw_query(mapping: Mapping, watermark: int, event_day: dt.date | None) -> S
     )
 
 
-def _not_loaded(mapping: Mapping) -> ColumnElement[bool]:
+def _not_loaded(mapping: Mapping, dialect: str) -> ColumnElement[bool]:
     """An immutable record whose (single, integer) key is not in its table yet: a scalar
     subquery, one probe of the key a record (see card_days.py: PostgreSQL may turn NOT EXISTS
-    into a scan of the whole table)."""
+    into a scan of the whole table).
+
+    On PostgreSQL the probe names `probe_also` too (the card number), so that every index that
+    could answer it — the key's, and the per-card index (card_no, seq) — answers with one probe:
+    with the key alone, once the card table's statistics said it was empty (an ANALYZE before
+    the first backfill), PostgreSQL probed the per-card index by its second column — a scan of
+    the whole index per event, ten days of a backfill in 235 s instead of 2. A loaded event whose
+    card number differs is then "not loaded", and meets the key's conflict, as any repeat does.
+    (SQLite answers the key through its own index whatever its statistics.)"""
     (key,) = mapping.key
-    column = mapping.table.c[key]
-    loaded = select(column).where(column == cast(RawRecord.__table__.c.source_key, column.type))
-    return loaded.scalar_subquery().is_(None)
+    column, raw = mapping.table.c[key], RawRecord.__table__
+    conditions = [column == cast(raw.c.source_key, column.type)]
+    if mapping.probe_also is not None and dialect == "postgresql":
+        also = mapping.probe_also
+        conditions.append(mapping.table.c[also] == raw.c.payload[also].as_string())
+    return select(column).where(*conditions).scalar_subquery().is_(None)
 
 
 def mark_deleted(connection: Connection, mapping: Mapping, present_keys: set[str]) -> int:
