@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,7 @@ def test_a_day_probes_the_card_table_per_event_whatever_the_statistics(tmp_path:
                     probes = [n for n, line in enumerate(plan) if "Scan" in line and " on card_transaction" in line]
                     assert probes and "Seq Scan on card_transaction" not in " ".join(plan), (card_table, plan)
                     for n in probes:  # the per-card index is probed by card number, never read whole
-                        assert "pk_card_transaction" in plan[n] or "(card_no = " in plan[n + 1], (card_table, plan)
+                        by_card = re.search(r"\(card_no\)(::text)? = ", plan[n + 1])
+                        assert "pk_card_transaction" in plan[n] or by_card, (card_table, plan)
         with engine.begin() as connection:
             assert card_days.insert_well_formed(connection, DAY) == len(days[DAY])

@@ -222,6 +222,26 @@ def test_unify_writes_new_changed_and_unchanged_rows_each_their_way(database_kin
     assert stored["S0"] == (90, "高等数学") and stored["S9"] == (60, "高等数学") and stored["S10"] == (60, "12345")
 
 
+@DATABASES
+def test_a_text_key_sent_as_a_number_is_merged_and_can_change(database_kind: str, tmp_path: Path) -> None:
+    """A source may send a text key as a number: the database stores it as text, where looking
+    stored rows up by value does not find it — so its row is merged, never appended, and a
+    change to it updates the row instead of failing the load on the unique key."""
+    table, key = Grade.__table__, ("student_no", "course_code", "term")
+
+    def grade(score: int) -> dict[tuple[Any, ...], dict[str, Any]]:
+        row = {"student_no": 20231001, "course_code": "C01", "term": "2025-2026-1", "score": score}
+        return {(20231001, "C01", "2025-2026-1"): row}
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            _write(connection, table, key, grade(70), immutable=False, loaded_at=utcnow())
+            _write(connection, table, key, grade(80), immutable=False, loaded_at=utcnow())
+            stored = [tuple(row) for row in connection.execute(text("SELECT student_no, score FROM grade"))]
+    assert stored == [("20231001", 80)]
+
+
 _LATEST_HASH_PLAN = {
     "sqlite": (
         "EXPLAIN QUERY PLAN " + _LATEST_HASH.format(keys=_KEY_LISTS["sqlite"]),

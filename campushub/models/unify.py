@@ -13,7 +13,7 @@ import datetime as dt
 import hashlib
 import operator
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -456,11 +456,37 @@ def _write(
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
         row["loaded_at"] = loaded_at
-    fresh = [row for row, k in zip(rows, keys, strict=True) if k not in existing]
-    changed = [row for row, k in zip(rows, keys, strict=True) if k in existing and existing[k] != row["row_hash"]]
+    inserted, updated = _write_changed(connection, table, key, zip(keys, rows, strict=True), existing)
+    return inserted, updated, len(rows) - inserted - updated
+
+
+def _write_changed(
+    connection: Connection,
+    table: Table,
+    key: tuple[str, ...],
+    keyed_rows: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+    existing: dict[tuple[Any, ...], str],
+) -> tuple[int, int]:
+    """Write the rows whose fingerprint (`row_hash`) differs from the stored one: (inserted,
+    updated). A row whose key is not stored is appended (`bulk_append`) — unless a value of its
+    key is not of its column's type (a number where the key is text): the database stores it
+    converted, and `stored_hashes`, comparing values, may have missed its stored twin, so such
+    a row is merged (`bulk_upsert`), as changed rows are."""
+    types = [table.c[name].type.python_type for name in key]
+    fresh, merged, inserted = [], [], 0
+    for k, row in keyed_rows:
+        stored = existing.get(k)
+        if stored == row["row_hash"]:
+            continue
+        if stored is None:
+            inserted += 1
+            if all(type(value) is kind for value, kind in zip(k, types, strict=True)):
+                fresh.append(row)
+                continue
+        merged.append(row)
     bulk_append(connection, table, fresh)
-    bulk_upsert(connection, table, key, changed, update=True)
-    return len(fresh), len(changed), len(rows) - len(fresh) - len(changed)
+    bulk_upsert(connection, table, key, merged, update=True)
+    return inserted, len(fresh) + len(merged) - inserted
 
 
 def stored_hashes(
@@ -516,19 +542,16 @@ def stored_hashes_query(
 def _write_identities(connection: Connection, identities: list[dict[str, Any]]) -> None:
     if not identities:
         return
-    table = SourceIdentity.__table__
-    existing = stored_hashes(
-        connection, table, ("source", "source_key"), [(i["source"], i["source_key"]) for i in identities]
-    )
-    fresh, changed = [], []
-    for identity in identities:
+    table, key = SourceIdentity.__table__, ("source", "source_key")
+    keys = [(identity["source"], identity["source_key"]) for identity in identities]
+    rows = [
         # The cipher is salted: hash the row without it, so an unchanged person is unchanged.
-        digest = row_hash({k: v for k, v in identity.items() if k != "id_number_cipher"})
-        stored = existing.get((identity["source"], identity["source_key"]))
-        if stored != digest:
-            (fresh if stored is None else changed).append({**identity, "row_hash": digest, "resolved": False})
-    bulk_append(connection, table, fresh)
-    bulk_upsert(connection, table, ("source", "source_key"), changed, update=True)
+        {**identity, "row_hash": row_hash({k: v for k, v in identity.items() if k != "id_number_cipher"})}
+        for identity in identities
+    ]
+    for row in rows:
+        row["resolved"] = False
+    _write_changed(connection, table, key, zip(keys, rows, strict=True), stored_hashes(connection, table, key, keys))
 
 
 def unify(
@@ -624,9 +647,11 @@ def _not_loaded(mapping: Mapping, dialect: str) -> ColumnElement[bool]:
     could answer it — the key's, and the per-card index (card_no, seq) — answers with one probe:
     with the key alone, once the card table's statistics said it was empty (an ANALYZE before
     the first backfill), PostgreSQL probed the per-card index by its second column — a scan of
-    the whole index per event, ten days of a backfill in 235 s instead of 2. A loaded event whose
-    card number differs is then "not loaded", and meets the key's conflict, as any repeat does.
-    (SQLite answers the key through its own index whatever its statistics.)"""
+    the whole index per event, ten days of a backfill in 235 s instead of about 1. A loaded
+    event whose later version names another card number is then "not loaded": it meets the
+    key's conflict and counts as unchanged, as any repeat does — or, if it does not map, is
+    quarantined again at each rebuild of its day. (SQLite answers the key through its own index
+    whatever its statistics.)"""
     (key,) = mapping.key
     column, raw = mapping.table.c[key], RawRecord.__table__
     conditions = [column == cast(raw.c.source_key, column.type)]
