@@ -472,7 +472,7 @@ def _write_changed(
     key is not of its column's type (a number where the key is text): the database stores it
     converted, and `stored_hashes`, comparing values, may have missed its stored twin, so such
     a row is merged (`bulk_upsert`), as changed rows are."""
-    types = [table.c[name].type.python_type for name in key]
+    kinds = tuple(table.c[name].type.python_type for name in key)
     fresh, merged, inserted = [], [], 0
     for k, row in keyed_rows:
         stored = existing.get(k)
@@ -480,7 +480,7 @@ def _write_changed(
             continue
         if stored is None:
             inserted += 1
-            if all(type(value) is kind for value, kind in zip(k, types, strict=True)):
+            if tuple(map(type, k)) == kinds:
                 fresh.append(row)
                 continue
         merged.append(row)
