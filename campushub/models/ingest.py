@@ -210,8 +210,8 @@ def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, A
     transaction (the unified layer has one writer at a time: the Dagster pool `unified_layer`,
     limited to one in the deployment's dagster.yaml): no conflict to handle, so on
     PostgreSQL they are copied straight into the table — staging them and merging costs about
-    half as much again. A key that is there after all (a second writer) fails the load, which leaves everything as
-    it was for the next run to redo, as a unique key must.
+    half as much again. A key that is there after all (a second writer) fails the load, which
+    leaves everything as it was for the next run to redo, as a unique key must.
     As text: a mapper may pass a source's odd value through (a number where text belongs), which
     binary input refuses and the server converts. (Binary saved a second of client time on
     365,000 grades, but the server was the bottleneck of the copy: no faster.)"""
@@ -267,8 +267,6 @@ def _copy(
     of its column's Python type (str for text, int, datetime, date), which raw landing's own
     columns are by construction, and JSON columns are given JSON text, sent as it is. Unified
     rows, whose mappers may pass a source's odd value through, go as text."""
-    from psycopg.types.json import set_json_dumps  # PostgreSQL's driver: imported where it is used
-
     driver = connection.connection.driver_connection
     with driver.cursor() as cursor:
         if not binary:
@@ -276,6 +274,8 @@ def _copy(
                 for row in rows:
                     copy.write_row(row)
             return
+        from psycopg.types.json import set_json_dumps  # PostgreSQL's driver: imported where it is used
+
         types = _column_types(connection, cursor, table, names)
         set_json_dumps(_no_conversion, context=cursor)  # this cursor's own: the connection's binds keep theirs
         with cursor.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
