@@ -236,3 +236,37 @@ def test_a_day_probes_the_card_table_per_event_whatever_the_statistics(tmp_path:
                         assert "pk_card_transaction" in plan[n] or by_card, (card_table, plan)
         with engine.begin() as connection:
             assert card_days.insert_well_formed(connection, DAY) == len(days[DAY])
+
+
+@DATABASES
+def test_an_event_the_probe_misses_meets_the_key_and_counts_as_unchanged(database_kind: str, tmp_path: Path) -> None:
+    """The "not loaded" probe names the card number too: a later version of a loaded event under
+    another card number looks new to it. On PostgreSQL the plain insert then meets the unique
+    key, and the day is built again with ON CONFLICT — the run goes on, the first version stays."""
+    later_day = DAY + dt.timedelta(days=1)
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            result = LandingResult("card", "card_transactions", "run-land", "full", None)
+            batches = [Batch([Record("1", _event(1)), Record("2", _event(2))])]
+            land_batches(
+                connection, "card", "card_transactions", batches, result, append_only=True, event_day=lambda _: DAY
+            )
+        with engine.begin() as connection:
+            assert unify(connection, MAPPING, "run-1", event_day=DAY).inserted == 2
+        with engine.begin() as connection:
+            result = LandingResult("card", "card_transactions", "run-land-2", "full", None)
+            moved = [Batch([Record("1", _event(1, card_no="C2026000999")), Record("3", _event(3))])]
+            land_batches(
+                connection, "card", "card_transactions", moved, result, append_only=True, event_day=lambda _: DAY
+            )
+            again = [Batch([Record("2", _event(2, txn_time="20260302080000"))])]  # the same event on another day
+            land_batches(
+                connection, "card", "card_transactions", again, result, append_only=True, event_day=lambda _: later_day
+            )
+        with engine.begin() as connection:
+            rebuilt = unify(connection, MAPPING, "run-2", event_day=DAY)
+            assert (rebuilt.read, rebuilt.inserted, rebuilt.quarantined) == (4, 1, 0)
+            assert card_days.insert_well_formed(connection, later_day) == 0
+            stored = dict(connection.exec_driver_sql("SELECT seq, card_no FROM card_transaction").all())
+            assert stored == {1: "C2026000123", 2: "C2026000123", 3: "C2026000123"}
