@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeEngine
 
 from campushub.models import Base
 from campushub.models import normalize as norm
+from campushub.models import unify as unify_module
 from campushub.models.base import UTCDateTime, utcnow
 from campushub.models.engine import decode_json, make_engine
 from campushub.models.ingest import (
@@ -240,6 +241,51 @@ def test_a_text_key_sent_as_a_number_is_merged_and_can_change(database_kind: str
             _write(connection, table, key, grade(80), immutable=False, loaded_at=utcnow())
             stored = [tuple(row) for row in connection.execute(text("SELECT student_no, score FROM grade"))]
     assert stored == [("20231001", 80)]
+
+
+@DATABASES
+def test_a_first_load_appends_without_look_ups_until_a_key_comes_twice(
+    database_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Into an empty table, PostgreSQL appends a chunk without looking its keys up; a key an
+    earlier chunk of the same load wrote (a record that changed while the source was paged)
+    makes the chunk go the usual way — merged, the later version winning."""
+
+    def grade(student_no: str, score: int) -> Record:
+        data = {
+            "XH": student_no,
+            "KCDM": "C01",
+            "XNXQ": "2025-2026-1",
+            "CJ": str(score),
+            "GXSJ": "2026-01-15T10:00:00+08:00",
+        }
+        return Record(f"{student_no}|C01|2025-2026-1", data)
+
+    looked_up: list[int] = []
+    original = unify_module.stored_hashes
+
+    def counting(connection: Any, table: Any, key: Any, keys: list[Any]) -> dict[Any, str]:
+        looked_up.append(len(keys))
+        return original(connection, table, key, keys)
+
+    monkeypatch.setattr(unify_module, "stored_hashes", counting)
+    mapping = MAPPINGS[("academic", "grades")]
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            result = LandingResult("academic", "grades", "run", "full", None)
+            pages = [
+                Batch([grade("S1", 60), grade("S2", 61), grade("S3", 62)]),
+                Batch([grade("S4", 63), grade("S1", 90)]),
+            ]
+            land_batches(connection, "academic", "grades", pages, result)
+            loaded = unify(connection, mapping, "run", chunk=3)
+            scores = dict(connection.execute(text("SELECT student_no, score FROM grade")).all())
+            again = unify(connection, mapping, "run-2")
+    assert scores == {"S1": 90, "S2": 61, "S3": 62, "S4": 63}
+    assert (loaded.inserted, loaded.updated, again.read) == (4, 1, 0)
+    # PostgreSQL looked up only the chunk that repeated a key; SQLite looks every chunk up.
+    assert looked_up == ([2] if database_kind == "postgresql" else [3, 2])
 
 
 _LATEST_HASH_PLAN = {

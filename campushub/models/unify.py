@@ -27,6 +27,7 @@ from sqlalchemy import (
     and_,
     cast,
     func,
+    literal,
     or_,
     select,
     text,
@@ -438,12 +439,17 @@ def _write(
     by_key: dict[tuple[Any, ...], dict[str, Any]],
     immutable: bool,
     loaded_at: dt.datetime,
+    *,
+    first_load: bool = False,
 ) -> tuple[int, int, int]:
     """Upsert rows (by their natural key) skipping unchanged ones: (inserted, updated, unchanged).
 
     `loaded_at` is when the load began, the same for all its rows: a columns check validates
     the rows stamped from shortly before its last validation began (`STAMP_MARGIN`), and a
-    per-chunk stamp would put a long load's last chunks there — validated twice."""
+    per-chunk stamp would put a long load's last chunks there — validated twice.
+
+    `first_load`: the table had no rows when the load began, so only this load's own earlier
+    chunks can hold a key — see `_appended`."""
     if not by_key:
         return 0, 0, 0
     rows = list(by_key.values())
@@ -451,13 +457,34 @@ def _write(
         inserted = bulk_upsert(connection, table, key, rows, update=False)
         return inserted, 0, len(rows) - inserted
     keys = list(by_key)
-    existing = stored_hashes(connection, table, key, keys)
     for row in rows:
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
         row["loaded_at"] = loaded_at
+    if first_load and _appended(connection, table, rows):
+        return len(rows), 0, 0
+    existing = stored_hashes(connection, table, key, keys)
     inserted, updated = _write_changed(connection, table, key, zip(keys, rows, strict=True), existing)
     return inserted, updated, len(rows) - inserted - updated
+
+
+def _appended(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> bool:
+    """Append a first load's chunk without looking its keys up (PostgreSQL; False elsewhere):
+    a key is there only if an earlier chunk of this load wrote it — a record that changed
+    while the source was being paged — and then the unique key refuses the chunk, which is
+    rolled back to its savepoint for the caller to write the usual way. Looking every key up
+    cost about a tenth of a first load's unified layer (a probe per key, to find nothing).
+    (SQLite's look-up is cheap, and its driver's savepoints unreliable: it looks up.)"""
+    if connection.dialect.name != "postgresql":
+        return False
+    from psycopg.errors import UniqueViolation  # COPY's own error: the driver's, unwrapped
+
+    try:
+        with connection.begin_nested():
+            bulk_append(connection, table, rows)
+    except UniqueViolation:
+        return False
+    return True
 
 
 def _write_changed(
@@ -584,6 +611,7 @@ def unify(
             result.read += inserted
             result.inserted += inserted
         query = query.where(_not_loaded(mapping, connection.dialect.name))
+    first_load = connection.execute(select(literal(1)).select_from(mapping.table).limit(1)).first() is None
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
@@ -607,7 +635,7 @@ def unify(
                 identities[mapped.identity["source_key"]] = mapped.identity
         result.read += len(records)
         inserted, updated, unchanged = _write(
-            connection, mapping.table, mapping.key, by_key, mapping.immutable, loaded_at
+            connection, mapping.table, mapping.key, by_key, mapping.immutable, loaded_at, first_load=first_load
         )
         result.inserted += inserted
         result.updated += updated
