@@ -387,7 +387,8 @@ def test_an_incremental_runs_column_expectations_read_what_was_written_since_the
     assert full.passed and value(full, "rows") == total and value(full, "validated") == {"whole_table": "yes"}
     nothing_new = columns()
     assert nothing_new.passed and value(nothing_new, "rows") == 0
-    assert set(value(nothing_new, "validated")) == {"written_since", "nothing_written"}
+    assert set(value(nothing_new, "validated")) == {"written_since", "empty_window"}
+    assert value(nothing_new, "expectations") == value(full, "expectations") > 0  # the same rules, no row
 
     written, behind, status = _two_students_and_a_status(engine)
     stamp = "CURRENT_TIMESTAMP" if layer.kind == "postgresql" else "strftime('%Y-%m-%d %H:%M:%f', 'now')"

@@ -206,12 +206,12 @@ def bulk_upsert(
 
 
 def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT `rows`, all with the same columns, whose keys the caller has found absent in this
-    transaction (the unified layer has one writer at a time: the Dagster pool `unified_layer`,
-    limited to one in the deployment's dagster.yaml): no conflict to handle, so on
-    PostgreSQL they are copied straight into the table — staging them and merging costs about
-    half as much again. A key that is there after all (a second writer) fails the load, which
-    leaves everything as it was for the next run to redo, as a unique key must.
+    """INSERT `rows`, all with the same columns, whose keys the caller knows absent in this
+    transaction — found so, or sure of it (a first load's chunk, see `unify._appended`; the
+    unified layer has one writer at a time: the Dagster pool `unified_layer`, limited to one in
+    the deployment's dagster.yaml): no conflict to handle, so on PostgreSQL they are copied
+    straight into the table — staging them and merging costs about half as much again. A key
+    that is there after all fails the statement on the unique key, as it must.
     As text: a mapper may pass a source's odd value through (a number where text belongs), which
     binary input refuses and the server converts. (Binary saved a second of client time on
     365,000 grades, but the server was the bottleneck of the copy: no faster.)"""

@@ -440,7 +440,7 @@ def _write(
     immutable: bool,
     loaded_at: dt.datetime,
     *,
-    first_load: bool = False,
+    first_load: FirstLoad | None = None,
 ) -> tuple[int, int, int]:
     """Upsert rows (by their natural key) skipping unchanged ones: (inserted, updated, unchanged).
 
@@ -461,22 +461,36 @@ def _write(
         row["row_hash"] = row_hash(row)
         row["deleted_at"] = None
         row["loaded_at"] = loaded_at
-    if first_load and _appended(connection, table, rows):
-        return len(rows), 0, 0
+    if first_load is not None and first_load.on:
+        if _appended(connection, table, rows):
+            return len(rows), 0, 0
+        first_load.on = False  # keys repeat in this load (several versions landed): look them up
     existing = stored_hashes(connection, table, key, keys)
     inserted, updated = _write_changed(connection, table, key, zip(keys, rows, strict=True), existing)
     return inserted, updated, len(rows) - inserted - updated
 
 
+@dataclass
+class FirstLoad:
+    """A load into a table that had no rows when it began (PostgreSQL; see `_appended`)."""
+
+    on: bool = True  # off from the first chunk that repeated a key: from then on, look keys up
+
+
+def _first_load(connection: Connection, mapping: Mapping) -> FirstLoad | None:
+    if connection.dialect.name != "postgresql" or mapping.immutable:
+        return None
+    empty = connection.execute(select(literal(1)).select_from(mapping.table).limit(1)).first() is None
+    return FirstLoad() if empty else None
+
+
 def _appended(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> bool:
-    """Append a first load's chunk without looking its keys up (PostgreSQL; False elsewhere):
-    a key is there only if an earlier chunk of this load wrote it — a record that changed
-    while the source was being paged — and then the unique key refuses the chunk, which is
-    rolled back to its savepoint for the caller to write the usual way. Looking every key up
-    cost about a tenth of a first load's unified layer (a probe per key, to find nothing).
-    (SQLite's look-up is cheap, and its driver's savepoints unreliable: it looks up.)"""
-    if connection.dialect.name != "postgresql":
-        return False
+    """Append a first load's chunk without looking its keys up: a key is there only if an
+    earlier chunk of this load wrote it — a record that changed while the source was paged, or
+    raw landing holding several versions (a rebuild) — and then the unique key refuses the
+    chunk, which goes back to its savepoint for the caller to write the usual way. A look-up
+    is a probe of the unique key per key, to find nothing in a first load. (SQLite's look-up
+    is cheap, and its driver's savepoints unreliable: it looks up.)"""
     from psycopg.errors import UniqueViolation  # COPY's own error: the driver's, unwrapped
 
     try:
@@ -611,7 +625,7 @@ def unify(
             result.read += inserted
             result.inserted += inserted
         query = query.where(_not_loaded(mapping, connection.dialect.name))
-    first_load = connection.execute(select(literal(1)).select_from(mapping.table).limit(1)).first() is None
+    first_load = _first_load(connection, mapping)
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
