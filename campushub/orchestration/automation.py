@@ -16,7 +16,8 @@ from dagster import (
 from campushub.orchestration.assets.unified import CARD_DAYS
 
 RAW = AssetSelection.key_prefixes(["raw"])
-UNPARTITIONED_UNIFIED = AssetSelection.key_prefixes(["unified"]) - AssetSelection.keys(["unified", "card_transactions"])
+CARD_TRANSACTIONS = AssetSelection.assets(["unified", "card_transactions"])
+UNPARTITIONED_UNIFIED = AssetSelection.key_prefixes(["unified"]) - CARD_TRANSACTIONS
 
 sync_job = define_asset_job(
     "sync",
@@ -30,7 +31,7 @@ reconcile_job = define_asset_job(
 )
 card_days_job = define_asset_job(
     "card_transactions_by_day",
-    selection=AssetSelection.keys(["unified", "card_transactions"]),
+    selection=CARD_TRANSACTIONS,
     description="Build one day's card transactions from raw landing (backfill for history).",
 )
 
