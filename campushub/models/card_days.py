@@ -75,8 +75,8 @@ ON CONFLICT (seq) DO NOTHING
 # on impossible dates: CASE fixes the order, so a stamp is taken apart only once it is 14 digits
 # and built into a date only once its fields are in range. The checks are plain string
 # functions, not regular expressions (each match cost about 2 µs an event; with them the day's
-# statement took 20-35% longer at 3,000 students): a
-# JSON number's text as jsonb gives it back has no exponent, so a whole one is one without '.'.
+# statement took 20-35% longer at 3,000 students): a JSON number's text as jsonb gives it back
+# has no exponent, so a whole one is one without '.'.
 # "Not loaded yet" is a scalar subquery, which PostgreSQL runs as one index probe an event: as
 # NOT EXISTS it may become a hash anti-join over the whole card table — while a backfill fills
 # it, in transactions no statistics cover, for every day again (at the university profile, card

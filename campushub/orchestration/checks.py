@@ -45,12 +45,12 @@ from campushub.orchestration.resources import DatabaseResource
 
 @dataclass(frozen=True)
 class Probe:
-    """What a rule gets to look at: the database, the asset's table, and the row count the
-    previous evaluation of the row-count check recorded (looked up only if asked for)."""
+    """What a rule gets to look at: the database, the asset's table, and (for the row-count
+    check) the row count its previous evaluation recorded."""
 
     engine: Engine
     table: str
-    previous_row_count: Callable[[], int | None]
+    previous_row_count: int | None = None
     days: tuple[dt.date, dt.date] | None = None  # a partition run's first and last day
     # Rows written before this instant passed the previous evaluation (None: validate all).
     validated_before: dt.datetime | None = None
@@ -68,7 +68,7 @@ def _columns(probe: Probe) -> quality.Outcome:
 
 def _row_count(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
-        return quality.row_count_drop(connection, probe.table, probe.previous_row_count())
+        return quality.row_count_drop(connection, probe.table, probe.previous_row_count)
 
 
 def _references(probe: Probe) -> quality.Outcome:
@@ -206,10 +206,6 @@ def partition_days(context: AssetCheckExecutionContext) -> tuple[dt.date, dt.dat
         return None
 
 
-def _known(value: int | None) -> Callable[[], int | None]:
-    return lambda: value
-
-
 # An asset's rules run side by side, each on a connection of its own: most of their time is the
 # database's (a scan, an aggregate, Great Expectations' queries), so two keep both cores busy.
 RULE_THREADS = 2
@@ -225,10 +221,6 @@ def _evaluated(probes: dict[str, Probe]) -> Iterator[tuple[str, quality.Outcome]
         return outcome
 
     started_at = dt.datetime.now(dt.UTC)  # before any rule reads: rows written later are validated next time
-    if len(probes) == 1:
-        (name,) = probes
-        yield name, run(name)
-        return
     with ThreadPoolExecutor(max_workers=RULE_THREADS, thread_name_prefix="campushub-check") as pool:
         futures = {name: pool.submit(run, name) for name in probes}
         for name, future in futures.items():
@@ -254,12 +246,13 @@ def checks_for(entity: str) -> AssetChecksDefinition:
     def _checks(context: AssetCheckExecutionContext, database: DatabaseResource) -> Iterator[AssetCheckResult]:
         selected = [name for name in names if AssetCheckKey(asset_key, name) in context.selected_asset_check_keys]
         # What a rule needs from Dagster's event log is read here, on the op's own thread.
+        days = partition_days(context)
         probes = {
             name: Probe(
                 database.engine,
                 table,
-                _known(previous_row_count(context, AssetCheckKey(asset_key, name)) if name == ROW_COUNT else None),
-                partition_days(context),
+                previous_row_count(context, AssetCheckKey(asset_key, name)) if name == ROW_COUNT else None,
+                days,
                 validated_before(context, AssetCheckKey(asset_key, name)) if name == COLUMNS else None,
             )
             for name in selected
