@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -276,9 +276,8 @@ def test_malformed_payments_come_out_flagged_with_reasons(simulators: SimulatorC
 def test_fee_bills_complete_at_medium_scale(medium_simulators: SimulatorCluster) -> None:
     world = medium_simulators.world
     assert world.student_count == world.base_students  # nothing changed here: the base count holds
-    # A small in-memory allowance makes the export spill to disk, as a large one does.
     settings = http_settings(medium_simulators, "finance")
-    with FinanceSource(settings, USER, PASSWORD, spool_in_memory=64 * 1024) as source:
+    with FinanceSource(settings, USER, PASSWORD) as source:
         count, previous = 0, ""
         for batch in source.read("fee_bills"):
             for record in batch.records:
@@ -356,9 +355,7 @@ def test_export_is_parsed_in_flat_memory() -> None:
         return httpx.Response(200, content=chunks, headers={"ETag": '"big"'})
 
     settings = HttpSettings(base_url="http://finance.test", retry=FAST_RETRY)
-    source = FinanceSource(
-        settings, USER, PASSWORD, batch_size=100, spool_in_memory=128 * 1024, transport=httpx.MockTransport(handler)
-    )
+    source = FinanceSource(settings, USER, PASSWORD, batch_size=100, transport=httpx.MockTransport(handler))
     count = 0
     tracemalloc.start()
     try:
@@ -373,10 +370,74 @@ def test_export_is_parsed_in_flat_memory() -> None:
     assert peak < len(body) / 2, f"peak {peak} bytes for a body of {len(body)}"
 
 
-def test_export_the_parser_reads_differently_from_its_trailer_yields_no_cursor() -> None:
-    # A lone carriage return ends a CSV record but not a line: the bytes say one row, the parser two.
+def test_export_the_parser_reads_differently_from_its_lines_yields_no_cursor() -> None:
+    # A lone carriage return ends a CSV record but not a line: header, row and trailer are three
+    # lines, the parser reads four records.
     source, sent = serve_export((HEADER + ROW.format(no=1, name="王\r五") + "#合计,1\r\n").encode("gbk"))
     batches: list[Batch] = []
-    with pytest.raises(MalformedPageError, match=r"as many rows as its trailer promises \(1\)"), source:
+    with pytest.raises(MalformedPageError, match=r"as many rows as it has lines \(4 in 3\)"), source:
         batches.extend(source.read("fee_bills"))
     assert batches == [] and len(sent) == 1
+
+
+def export_of(count: int, etag: str, changed: frozenset[int] = frozenset()) -> tuple[bytes, str]:
+    """An export of `count` bills ("王五" renamed "王六" in the rows `changed`), and its ETag."""
+    lines = [ROW.format(no=n, name="王六" if n in changed else "王五") for n in range(count)]
+    return (HEADER + "".join(lines) + f"#合计,{count}\r\n").encode("gbk"), etag
+
+
+def serve_tries(*tries: tuple[bytes, str, int | None, type[Exception] | None]) -> tuple[FinanceSource, list[str]]:
+    """A source whose n-th request gets the n-th (body, ETag, where the body stops, how it stops):
+    cut short as a complete answer (no error), or by raising the error; the last try repeats."""
+    served: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body, etag, stop, error = tries[min(len(served), len(tries) - 1)]
+        served.append(etag)
+
+        def chunks() -> Iterator[bytes]:
+            end = len(body) if stop is None else stop
+            for start in range(0, end, 4096):
+                yield body[start : min(start + 4096, end)]
+            if error is not None:
+                raise error("connection lost")
+
+        return httpx.Response(200, content=chunks(), headers={"ETag": etag})
+
+    settings = HttpSettings(base_url="http://finance.test", retry=FAST_RETRY)
+    return FinanceSource(settings, USER, PASSWORD, transport=httpx.MockTransport(handler)), served
+
+
+@pytest.mark.parametrize("error", [None, httpx.ReadError], ids=["cut short", "connection lost"])
+def test_a_try_that_breaks_part_way_resumes_after_the_rows_handed_out(error: type[Exception] | None) -> None:
+    body, etag = export_of(2500, '"v1"')
+    cut = body.index(ROW.format(no=2100, name="王五").encode("gbk")) + 20  # inside row 2101: two batches out
+    source, served = serve_tries((body, etag, cut, error), (body, etag, None, None))
+    handed: list[Batch] = []
+    with source:
+        for batch in source.read("fee_bills"):
+            handed.append(batch)
+            if len(handed) == 1:
+                assert served == ['"v1"']  # parsed and handed out while the file was still arriving
+    assert served == ['"v1"', '"v1"']
+    assert keys(handed) == [f"B{n:09d}" for n in range(2500)]  # each exactly once
+    assert [b.page for b in handed] == ["rows 1-1000", "rows 1001-2000", "rows 2001-2500"]
+    assert [b.cursor for b in handed] == [None, None, '"v1"'] and all(r.ok for r in records(handed))
+
+
+def test_a_retry_that_finds_a_new_version_reads_it_again_whole(caplog: pytest.LogCaptureFixture) -> None:
+    old, new = export_of(2500, '"v1"'), export_of(2500, '"v2"', changed=frozenset({5, 2400}))
+    cut = old[0].index(ROW.format(no=2100, name="王五").encode("gbk"))
+    source, served = serve_tries((*old, cut, None), (*new, None, None))
+    with source, caplog.at_level(logging.WARNING, logger="campushub.connectors.finance"):
+        handed = list(source.read("fee_bills"))
+    # The second try finds the rows handed out changed, and gives up; the third reads it whole.
+    assert served == ['"v1"', '"v2"', '"v2"']
+    # Two batches of the old version, then the new one whole: what landing keeps is the new one,
+    # and its ETag is the cursor handed over.
+    assert keys(handed) == [f"B{n:09d}" for n in range(2000)] + [f"B{n:09d}" for n in range(2500)]
+    newest = {r.key: r.data["姓名"] for r in records(handed)}
+    assert [key for key, name in newest.items() if name == "王六"] == ["B000000005", "B000002400"]
+    assert handed[-1].cursor == '"v2"' and all(b.cursor is None for b in handed[:-1])
+    assert all(r.ok for r in records(handed))  # the second reading is not taken for repeats of the first
+    assert "changed between tries after 2000 rows" in caplog.text

@@ -51,10 +51,39 @@ class MalformedPageError(SourceError):
     """A page could not be parsed (truncated JSON, broken CSV); retried, then raised."""
 
 
-class _Retryable(Exception):
+class Retryable(Exception):
+    """Raised inside an attempt (see `HttpSource.attempts`): this try failed, another may not."""
+
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
+
+    @classmethod
+    def malformed(cls, error: Exception) -> Retryable:
+        """An answer that does not parse: damaged on the way, or cut short."""
+        return cls(f"malformed answer: {type(error).__name__}: {str(error)[:120]}")
+
+
+class _Renewed(Retryable):
+    """Credentials were renewed after a 401: try again at once, and not as a failure."""
+
+
+class Attempt:
+    """One try of a request, as a context: a retryable failure inside it is kept for the loop
+    in `HttpSource.attempts` to judge; anything else propagates."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.failure: httpx.TransportError | httpx.DecodingError | Retryable | None = None
+
+    def __enter__(self) -> Attempt:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> bool:
+        if isinstance(error, httpx.TransportError | httpx.DecodingError | Retryable):
+            self.failure = error
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------------- records
@@ -584,6 +613,64 @@ class HttpSource:
         """Raise for answers that are errors in this source's own convention."""
 
     # -- the request loop ----------------------------------------------------
+    def attempts(self, url: str, page: str | None) -> Iterator[Attempt]:
+        """The tries of one request, under the retry policy:
+
+            for attempt in self.attempts(url, page):
+                with attempt:
+                    ...  # send, check, parse; the loop ends when a block completes
+
+        Retried: connection errors, timeouts, dropped connections, bodies that do not decode
+        and whatever the block raises as `Retryable` (5xx, 429 honouring Retry-After, answers
+        that do not parse) — with exponential backoff and full jitter, until the policy's
+        attempts or time run out; then SourceError (MalformedPageError for answers that never
+        parsed) names the URL and page. Anything else the block raises propagates at once.
+        """
+        policy = self.settings.retry
+        started = time.monotonic()
+        failures = 0
+        number = 0
+        while True:
+            number += 1
+            attempt = Attempt(number)
+            yield attempt
+            exc = attempt.failure
+            if exc is None:
+                return
+            if isinstance(exc, _Renewed):
+                continue
+            failures += 1
+            reason = str(exc) or type(exc).__name__
+            retry_after = exc.retry_after if isinstance(exc, Retryable) else None
+            delay = policy.delay(failures - 1, retry_after, self._rng)
+            spent = time.monotonic() - started
+            if failures >= policy.attempts or spent + delay > policy.total_time:
+                error = MalformedPageError if reason.startswith("malformed") else SourceError
+                raise error(
+                    self.name, f"gave up after {failures} attempts in {spent:.1f}s: {reason}", url=url, page=page
+                ) from exc
+            log.warning("%s: %s at %s (%s); retry %d in %.2fs", self.name, reason, url, page or "-", failures, delay)
+            time.sleep(delay)
+
+    def judge(
+        self, response: httpx.Response, url: str, page: str | None, accept: Callable[[httpx.Response], bool]
+    ) -> None:
+        """Raise for an answer that is not one to parse: Retryable for 5xx and 429, AuthError
+        for 401 and 403, the source's own error convention (`check`), then `accept`."""
+        if response.status_code == 429 or response.status_code >= 500:
+            raise Retryable(f"HTTP {response.status_code}", retry_after_seconds(response.headers.get("Retry-After")))
+        if response.status_code in (401, 403):
+            raise AuthError(self.name, f"credentials refused (HTTP {response.status_code})", url=url, page=page)
+        self.check(response, url, page)
+        if not accept(response):
+            raise SourceError(self.name, f"unexpected HTTP {response.status_code}", url=url, page=page)
+
+    def renew_once(self, response: httpx.Response, renewed: list[bool]) -> None:
+        """After a 401, renew the credentials once per request and try again at once."""
+        if response.status_code == 401 and not renewed and self.on_unauthorized(response):
+            renewed.append(True)
+            raise _Renewed("credentials renewed")
+
     def fetch(
         self,
         method: str,
@@ -596,51 +683,24 @@ class HttpSource:
         data: Mapping[str, str] | None = None,
         accept: Callable[[httpx.Response], bool] = lambda response: response.is_success,
     ) -> T:
-        """Send a request and parse its answer, retrying what may succeed on a second try.
-
-        Retried: connection errors, timeouts, dropped connections, 5xx, 429 (honouring
-        Retry-After) and answers that do not parse. Not retried: other 4xx, which a retry will
-        not change; 401 gets one chance to renew credentials first.
-        """
-        policy = self.settings.retry
-        started = time.monotonic()
-        renewed = False
-        attempt = 0
-        while True:
-            request = self.client.build_request(method, path, params=params, headers=headers, data=data)
-            url = str(request.url.copy_with(query=None))
-            try:
+        """Send a request and parse its answer, retrying what may succeed on a second try
+        (see `attempts`). Not retried: 4xx other than 429, which a retry will not change; a 401
+        gets one chance to renew credentials first."""
+        # One request, sent again on each try (authenticated afresh: credentials may be renewed).
+        request = self.client.build_request(method, path, params=params, headers=headers, data=data)
+        url = str(request.url.copy_with(query=None))
+        renewed: list[bool] = []
+        for attempt in self.attempts(url, page):
+            with attempt:
                 self.authenticate(request)
                 response = self._send(request, url, page)
-                if response.status_code == 401 and not renewed and self.on_unauthorized(response):
-                    renewed = True
-                    continue
-                if response.status_code == 429 or response.status_code >= 500:
-                    raise _Retryable(
-                        f"HTTP {response.status_code}", retry_after_seconds(response.headers.get("Retry-After"))
-                    )
-                if response.status_code in (401, 403):
-                    raise AuthError(self.name, f"credentials refused (HTTP {response.status_code})", url=url, page=page)
-                self.check(response, url, page)
-                if not accept(response):
-                    raise SourceError(self.name, f"unexpected HTTP {response.status_code}", url=url, page=page)
+                self.renew_once(response, renewed)
+                self.judge(response, url, page, accept)
                 try:
                     return parse(response)
                 except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                    raise _Retryable(f"malformed answer: {type(exc).__name__}: {str(exc)[:120]}") from exc
-            except (httpx.TransportError, httpx.DecodingError, _Retryable) as exc:
-                attempt += 1
-                reason = str(exc) or type(exc).__name__
-                retry_after = exc.retry_after if isinstance(exc, _Retryable) else None
-                delay = policy.delay(attempt - 1, retry_after, self._rng)
-                spent = time.monotonic() - started
-                if attempt >= policy.attempts or spent + delay > policy.total_time:
-                    error = MalformedPageError if reason.startswith("malformed") else SourceError
-                    raise error(
-                        self.name, f"gave up after {attempt} attempts in {spent:.1f}s: {reason}", url=url, page=page
-                    ) from exc
-                log.warning("%s: %s at %s (%s); retry %d in %.2fs", self.name, reason, url, page or "-", attempt, delay)
-                time.sleep(delay)
+                    raise Retryable.malformed(exc) from exc
+        raise AssertionError("attempts end in a return or an error")
 
     def _send(self, request: httpx.Request, url: str, page: str | None) -> httpx.Response:
         """Send and read the whole body within the request deadline."""

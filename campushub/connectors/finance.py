@@ -1,25 +1,25 @@
 """Connector for 财务, the finance system: HTTP Basic, a GBK CSV export, keyset-paged payments.
 
 The fee-bill export is one file of every bill, however many there are. It is fetched with a
-conditional GET (the stored cursor is its ETag), spooled to a temporary file, checked against
-its trailer line, and only then decoded and parsed, a batch at a time: memory stays flat
-whatever the file's size, and a file cut short in transit is retried, never half-loaded.
+conditional GET (the stored cursor is its ETag) and decoded and parsed as it arrives, a batch
+at a time, while the source is still writing the rest: memory stays flat whatever the file's
+size. Its trailer line vouches for the whole file before the last batch hands over the ETag; a
+file cut short in transit is retried from where it broke, never taken as complete.
 """
 
 from __future__ import annotations
 
 import base64
-import codecs
 import csv
 import hashlib
 import io
 import json
-import tempfile
+import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice, repeat
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -31,6 +31,7 @@ from campushub.connectors.base import (
     PageRequest,
     PageWindow,
     Record,
+    Retryable,
     SourceError,
     StreamSpec,
 )
@@ -42,11 +43,9 @@ ENCODING = "gbk"
 TRAILER = "#合计"  # the export's last line: "#合计,<number of rows>"
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S%z"
 SLASHED = "%Y/%m/%d"
-SPOOL_IN_MEMORY = 4 * 1024 * 1024  # bytes of an export kept in memory before it spills to disk
 OVERFLOW = "_overflow"  # where values beyond the header's columns are kept, so nothing is dropped
 
-_SPOOL = "campushub.spool"  # response extension that carries a spooled body to the parser
-_TRAILER_PREFIX = f"{TRAILER},".encode(ENCODING)
+log = logging.getLogger(__name__)
 
 STREAMS = {
     spec.name: spec
@@ -71,74 +70,131 @@ STREAMS = {
 }
 
 
-@dataclass
-class _Export:
-    """A complete, verified export, positioned at its first data row."""
+class _RecordBlocks:
+    """The export's bytes, as they arrive, cut into blocks that end where a CSV record ends:
+    each block parses on its own, while the source is still writing the rest.
 
-    text: IO[str]
-    reader: Iterator[list[str]]
-    header: list[str]
-    rows: int
-    etag: str | None
-    url: str
-    undecodable: bool  # some bytes are not GBK: look for U+FFFD in every row
-
-
-def _trailer_rows(spool: IO[bytes]) -> int:
-    """The row count the trailer promises; ValueError if the file does not end with one."""
-    spool.seek(0, io.SEEK_END)
-    size = spool.tell()
-    spool.seek(max(0, size - 256))
-    tail = spool.read()
-    # A cut can fall inside the count ("#合计,12" of "#合计,1234"): only a terminated line counts.
-    if not tail.endswith(b"\n"):
-        raise ValueError("export cut short: it does not end with a complete line")
-    last_line = tail[tail.rfind(b"\n", 0, len(tail) - 1) + 1 :].rstrip(b"\r\n")
-    count = last_line.removeprefix(_TRAILER_PREFIX)
-    if count == last_line or not count.isdigit():
-        raise ValueError(f"export cut short: its last line is not the {TRAILER} trailer")
-    return int(count)
-
-
-class _ExportScan:
-    """Counts the line breaks that end a CSV record, and whether every byte decodes, chunk by
-    chunk as the export arrives: the work is done while the source is still writing the file.
-
-    Breaks inside quoted fields do not end a record. Counting on the bytes is safe: a GBK
-    character's second byte is 0x40 or above, so neither a line feed nor a double quote can
-    hide inside one. Decoding here, in C, spares a per-value check for U+FFFD in the common
-    case of a clean file.
+    A line break inside a quoted field does not end a record. Working on the bytes is safe: a
+    GBK character's second byte is 0x40 or above, so neither a line feed nor a double quote can
+    hide inside one.
     """
 
     def __init__(self) -> None:
-        self.ends = 0
-        self.decodes = True
         self._quoted = False
-        self._decoder = codecs.getincrementaldecoder(ENCODING)()
+        self._pending = bytearray()  # bytes after the last record end
 
-    def feed(self, chunk: bytes) -> None:
-        if self.decodes:
-            try:
-                self._decoder.decode(chunk)
-            except UnicodeDecodeError:
-                self.decodes = False
+    def feed(self, chunk: bytes) -> tuple[bytes, int]:
+        """(the complete records now available, and how many line breaks end records in them)."""
         if not self._quoted and b'"' not in chunk:
-            self.ends += chunk.count(b"\n")
-            return
-        lines = chunk.split(b"\n")
-        for line in lines[:-1]:
-            self._quoted ^= line.count(b'"') % 2 == 1
-            self.ends += not self._quoted
-        self._quoted ^= lines[-1].count(b'"') % 2 == 1
+            cut = chunk.rfind(b"\n") + 1
+            ends = chunk.count(b"\n")
+        else:
+            cut, ends, offset = 0, 0, 0
+            lines = chunk.split(b"\n")
+            for line in lines[:-1]:
+                offset += len(line) + 1
+                self._quoted ^= line.count(b'"') % 2 == 1
+                if not self._quoted:
+                    cut, ends = offset, ends + 1
+            self._quoted ^= lines[-1].count(b'"') % 2 == 1
+        if not ends:
+            self._pending += chunk
+            return b"", 0
+        block = bytes(self._pending) + chunk[:cut]
+        self._pending[:] = chunk[cut:]
+        return block, ends
 
-    def finish(self) -> tuple[int, bool]:
-        """(record-ending line breaks, whether every byte decodes) of everything fed."""
-        if self.decodes:
-            try:
-                self._decoder.decode(b"", final=True)  # a file ending inside a character
-            except UnicodeDecodeError:
-                self.decodes = False
-        return self.ends, self.decodes
+    @property
+    def rest(self) -> bytes:
+        """What follows the last complete record: nothing, in an export that arrived whole."""
+        return bytes(self._pending)
+
+
+class _ExportRecords:
+    """The export's CSV records (header and trailer included), each block of bytes decoded and
+    parsed as it arrives; a row at a time, so memory holds a block's text and no more.
+
+    Raises Retryable when the file stops inside a record (cut short in transit: worth another
+    try), and MalformedPageError when the parser and the line breaks disagree (a lone \r ends a
+    CSV record but not a line: the same bytes would parse the same way again).
+    """
+
+    def __init__(self, chunks: Iterator[bytes], source: str, url: str) -> None:
+        self._chunks = chunks
+        self._where = (source, url)
+        self.count = 0
+        self.undecodable = False  # some bytes so far were not GBK: look for U+FFFD in every row
+
+    def __iter__(self) -> Iterator[list[str]]:
+        blocks = _RecordBlocks()
+        for chunk in self._chunks:
+            block, ends = blocks.feed(chunk)
+            if not ends:
+                continue
+            text, bad_bytes = _decoded(block)
+            self.undecodable |= bad_bytes
+            before = self.count
+            for row in csv.reader(io.StringIO(text, newline="")):
+                self.count += 1
+                yield row
+            if self.count - before != ends:
+                source, url = self._where
+                raise MalformedPageError(
+                    source,
+                    f"export does not parse into as many rows as it has lines ({self.count - before} in {ends})",
+                    url=url,
+                    page=f"records {before + 1}-{self.count}",
+                )
+        if blocks.rest:
+            raise Retryable.malformed(ValueError("export cut short: it does not end with a complete line"))
+
+
+def _decoded(block: bytes) -> tuple[str, bool]:
+    """A block as text, and whether some of its bytes are not GBK (those become U+FFFD and flag
+    their record instead of failing the sync). Strict first: in C, and the usual file is clean."""
+    try:
+        return block.decode(ENCODING), False
+    except UnicodeDecodeError:
+        return block.decode(ENCODING, errors="replace"), True
+
+
+def _trailer_count(row: list[str] | None) -> int:
+    """The row count the trailer promises; ValueError if `row` is not the trailer."""
+    if row is None or len(row) != 2 or row[0] != TRAILER or not row[1].isdigit():
+        raise ValueError(f"export cut short: its last line is not the {TRAILER} trailer")
+    return int(row[1])
+
+
+@dataclass
+class _HandedOut:
+    """What the tries of one export have handed out so far, and a fingerprint of those rows (of
+    their own fingerprints, in order): a retry whose first rows are the same rows carries on
+    after them; a retry that finds them changed gives up its try, and the next one hands the
+    file out again from its first row — landing takes that as it takes any re-sent record
+    (unchanged ones are recognised by their hash). ETags cannot decide this: a proxy that cuts a
+    body short may drop the ETag with it."""
+
+    window: PageWindow = field(default_factory=lambda: PageWindow(STREAMS["fee_bills"]))
+    rows: int = 0
+    _fingerprint: Any = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
+
+    def add(self, digests: list[str]) -> None:
+        self.rows += len(digests)
+        self._fingerprint.update("".join(digests).encode())
+
+    def skip(self, rows: Iterator[list[str]], digest: Callable[[list[str]], str]) -> None:
+        """Read past the rows handed out before, which must be the same again."""
+        if not self.rows:
+            return
+        again = hashlib.md5(usedforsecurity=False)
+        for row in islice(rows, self.rows):
+            again.update(digest(row).encode())
+        if again.digest() != self._fingerprint.digest():
+            log.warning("finance: the export changed between tries after %d rows; reading it again whole", self.rows)
+            handed_before = self.rows
+            self.window, self.rows = PageWindow(STREAMS["fee_bills"]), 0
+            self._fingerprint = hashlib.md5(usedforsecurity=False)
+            raise Retryable(f"the export changed between tries after {handed_before} rows")
 
 
 def _row_problems(values: list[str], width: int, check_bytes: bool) -> list[str]:
@@ -194,7 +250,6 @@ class FinanceSource(HttpSource):
         *,
         page_size: int = 1000,
         batch_size: int = 1000,
-        spool_in_memory: int = SPOOL_IN_MEMORY,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if batch_size < 1 or page_size < 1:
@@ -203,7 +258,6 @@ class FinanceSource(HttpSource):
         self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.page_size = page_size
         self.batch_size = batch_size
-        self.spool_in_memory = spool_in_memory
 
     @classmethod
     def from_env(cls, **options: Any) -> FinanceSource:
@@ -226,119 +280,94 @@ class FinanceSource(HttpSource):
         return self._payments(cursor)
 
     # ------------------------------------------------------------------ fee bills
-    def _send(self, request: httpx.Request, url: str, page: str | None) -> httpx.Response:
-        """The export goes to a temporary file, not memory; every other answer as the base sends it.
-
-        This overrides the base's whole-body read for one path only, so the export still goes
-        through `fetch` and its retry policy: the parser finds the file in the response's
-        extensions.
-        """
-        if not request.url.path.endswith(FEE_BILLS_PATH):
-            return super()._send(request, url, page)
-        deadline = time.monotonic() + self.settings.deadline
-        response = self.client.send(request, stream=True)
-        # Not a `with`: on success the file outlives this call, owned by the parser.
-        spool = tempfile.SpooledTemporaryFile(max_size=self.spool_in_memory)  # noqa: SIM115
-        scan = _ExportScan()
-        try:
-            for chunk in response.iter_bytes():  # iter_bytes, not iter_raw: a gzipped export arrives decompressed
-                spool.write(chunk)
-                scan.feed(chunk)  # while the source writes the rest
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout(f"deadline of {self.settings.deadline}s exceeded", request=request)
-        except httpx.DecodingError as exc:
-            spool.close()
-            # A body that does not decompress was damaged on the way: worth another try.
-            raise httpx.RemoteProtocolError(f"body does not decode: {exc}", request=request) from exc
-        except BaseException:
-            spool.close()
-            raise
-        finally:
-            response.close()
-        spool.seek(0)
-        if response.status_code == 200:
-            response.extensions[_SPOOL] = spool, scan.finish()
-        else:
-            with spool:  # a 304 or an error page: small, and read by nothing but the status checks
-                response._content = spool.read()
-        return response
-
-    def _open_export(self, response: httpx.Response) -> _Export | None:
-        """Verify a spooled export against its trailer and open it for parsing (None: 304).
-
-        A file cut short raises ValueError, which `fetch` retries as a malformed answer.
-        """
-        if response.status_code == 304:
-            return None
-        spool: IO[bytes]
-        spool, (ends, decodes) = response.extensions.pop(_SPOOL)
-        try:
-            promised = _trailer_rows(spool)
-            found = ends - 2  # the header and the trailer end records too
-            if found != promised:
-                raise ValueError(f"export has {found} rows, its trailer says {promised}")
-            spool.seek(0)
-            # Undecodable bytes become U+FFFD and flag their record instead of failing the sync.
-            text = io.TextIOWrapper(spool, encoding=ENCODING, errors="replace", newline="")
-            reader = csv.reader(text)
-            header = next(reader, [])
-            missing = [name for name in STREAMS["fee_bills"].required if name not in header]
-            if missing:
-                text.close()
-                raise SourceError(
-                    self.name, f"export lacks columns {', '.join(missing)}", url=str(response.url), page="export"
-                )
-        except BaseException:
-            spool.close()
-            raise
-        url = str(response.url.copy_with(query=None))
-        return _Export(text, reader, header, promised, response.headers.get("ETag"), url, not decodes)
-
     def _fee_bills(self, cursor: str | None) -> Iterator[Batch]:
-        headers = {"If-None-Match": cursor} if cursor else None
-        export = self.fetch(
-            "GET",
-            FEE_BILLS_PATH,
-            self._open_export,
-            page="export",
-            headers=headers,
-            accept=lambda response: response.status_code == 200 or (response.status_code == 304 and cursor is not None),
-        )
-        if export is None:
-            yield self.batch("fee_bills", "not modified", [], cursor)
-            return
-        with export.text:
-            window = PageWindow(STREAMS["fee_bills"])
-            header, undecodable = export.header, export.undecodable
-            digest = _row_digest(header)
-            done = 0
-            while True:
-                wanted = min(self.batch_size, export.rows - done)
-                values = list(islice(export.reader, wanted))
-                rows, flagged = _rows(header, values, undecodable)
-                first, done = done + 1, done + len(rows)
-                last = done >= export.rows
-                # The bytes agreed with the trailer, the parser must too (a lone \r ends a CSV record
-                # but not a line): checked before the last batch, so no cursor has been handed out.
-                if len(rows) < wanted or (last and (next(export.reader, None) or [""])[0] != TRAILER):
-                    raise MalformedPageError(
-                        self.name,
-                        f"export does not parse into as many rows as its trailer promises ({export.rows})",
-                        url=export.url,
-                        page=f"rows {first}-{done}",
-                    )
-                records = [
-                    Record(record.stream, record.key, record.data, record.problems, digest(row))
-                    for record, row in zip(window.page(rows), values, strict=True)
-                ]
-                for n, problems in flagged.items():
-                    record = records[n]
-                    records[n] = record._replace(problems=(*record.problems, *problems))
-                page = f"rows {first}-{done}" if rows else "empty export"
-                # The ETag is safe to store only once every row of this version is committed.
-                yield self.batch("fee_bills", page, records, export.etag if last else None)
-                if last:
-                    return
+        """The export, parsed as it arrives, batch by batch; its ETag is handed over with the
+        last batch, once the trailer has vouched for every row. A try that fails part-way (cut
+        short, a dropped connection) is retried under the source's policy, skipping the rows
+        already handed out; the caller never sees a cursor for a file that did not arrive whole,
+        and a caller that commits only at the end (raw landing) never keeps part of one."""
+        conditional = {"If-None-Match": cursor} if cursor else None
+        request = self.client.build_request("GET", FEE_BILLS_PATH, headers=conditional)
+        url = str(request.url)
+
+        def expected(response: httpx.Response) -> bool:
+            return response.status_code == 200 or (response.status_code == 304 and cursor is not None)
+
+        handed = _HandedOut()
+        renewed: list[bool] = []
+        for attempt in self.attempts(url, "export"):
+            with attempt:
+                self.authenticate(request)
+                response = self.client.send(request, stream=True)
+                try:
+                    if response.status_code != 200:  # a 304 or an error page: small, read whole
+                        response.read()
+                    self.renew_once(response, renewed)
+                    self.judge(response, url, "export", expected)
+                    if response.status_code == 304:
+                        yield self.batch("fee_bills", "not modified", [], cursor)
+                        return
+                    yield from self._export_batches(response, url, handed)
+                finally:
+                    response.close()
+
+    def _export_chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        """The body's chunks, within the request deadline — counted while waiting on the source,
+        not while the caller lands what came before."""
+        budget = self.settings.deadline
+        chunks = response.iter_bytes()  # not iter_raw: a gzipped export arrives decompressed
+        while True:
+            started = time.monotonic()
+            chunk = next(chunks, None)
+            budget -= time.monotonic() - started
+            if budget < 0:
+                raise httpx.ReadTimeout(f"deadline of {self.settings.deadline}s exceeded", request=response.request)
+            if chunk is None:
+                return
+            yield chunk
+
+    def _export_batches(self, response: httpx.Response, url: str, handed: _HandedOut) -> Iterator[Batch]:
+        """One try's batches: every row but those handed out by earlier tries of this version."""
+        etag = response.headers.get("ETag")
+        records = _ExportRecords(self._export_chunks(response), self.name, url)
+        rows = iter(records)
+        header = next(rows, [])
+        self._require_columns(header, url)
+        digest = _row_digest(header)
+        handed.skip(rows, digest)
+
+        def batch(values: list[list[str]], last: bool) -> Batch:
+            parsed, flagged = _rows(header, values, records.undecodable)
+            checked = [
+                Record(record.stream, record.key, record.data, record.problems, digest(row))
+                for record, row in zip(handed.window.page(parsed), values, strict=True)
+            ]
+            for n, problems in flagged.items():
+                checked[n] = checked[n]._replace(problems=(*checked[n].problems, *problems))
+            first = handed.rows + 1
+            handed.add([record.digest or "" for record in checked])
+            page = f"rows {first}-{handed.rows}" if checked else "empty export"
+            # The ETag is safe to store only once every row of this version is committed.
+            return self.batch("fee_bills", page, checked, etag if last else None)
+
+        pending: list[list[str]] = []  # the last row read may be the trailer: never handed out early
+        for row in rows:
+            pending.append(row)
+            if len(pending) > self.batch_size:
+                yield batch(pending[: self.batch_size], last=False)
+                del pending[: self.batch_size]
+        try:
+            promised = _trailer_count(pending.pop() if pending else None)
+            if records.count - 2 != promised:  # the header and the trailer are records too
+                raise ValueError(f"export has {records.count - 2} rows, its trailer says {promised}")
+        except ValueError as exc:
+            raise Retryable.malformed(exc) from exc
+        yield batch(pending, last=True)
+
+    def _require_columns(self, header: list[str], url: str) -> None:
+        missing = [name for name in STREAMS["fee_bills"].required if name not in header]
+        if missing:
+            raise SourceError(self.name, f"export lacks columns {', '.join(missing)}", url=url, page="export")
 
     # ------------------------------------------------------------------ payments
     def _envelope(self, response: httpx.Response) -> dict[str, Any]:
