@@ -72,8 +72,7 @@ class Attempt:
     """One try of a request, as a context: a retryable failure inside it is kept for the loop
     in `HttpSource.attempts` to judge; anything else propagates."""
 
-    def __init__(self, number: int) -> None:
-        self.number = number
+    def __init__(self) -> None:
         self.failure: httpx.TransportError | httpx.DecodingError | Retryable | None = None
 
     def __enter__(self) -> Attempt:
@@ -629,10 +628,8 @@ class HttpSource:
         policy = self.settings.retry
         started = time.monotonic()
         failures = 0
-        number = 0
         while True:
-            number += 1
-            attempt = Attempt(number)
+            attempt = Attempt()
             yield attempt
             exc = attempt.failure
             if exc is None:
