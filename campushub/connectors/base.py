@@ -72,8 +72,16 @@ class Attempt:
     """One try of a request, as a context: a retryable failure inside it is kept for the loop
     in `HttpSource.attempts` to judge; anything else propagates."""
 
-    def __init__(self) -> None:
+    def __init__(self, again: bool, renewed: bool) -> None:
+        self.again = again  # an earlier try of this request failed (or renewed credentials)
+        self.renewed = renewed  # credentials were renewed for this request already
         self.failure: httpx.TransportError | httpx.DecodingError | Retryable | None = None
+        self.progressed = False
+
+    def progress(self) -> None:
+        """This try handed part of a streamed answer out: the caller's time with it is not the
+        source's, so a failure after it gets the policy's attempts and time afresh."""
+        self.progressed = True
 
     def __enter__(self) -> Attempt:
         return self
@@ -623,19 +631,25 @@ class HttpSource:
         and whatever the block raises as `Retryable` (5xx, 429 honouring Retry-After, answers
         that do not parse) — with exponential backoff and full jitter, until the policy's
         attempts or time run out; then SourceError (MalformedPageError for answers that never
-        parsed) names the URL and page. Anything else the block raises propagates at once.
+        parsed) names the URL and page. Anything else the block raises propagates at once. A
+        try that handed out part of a streamed answer (`Attempt.progress`) starts the count anew.
         """
         policy = self.settings.retry
         started = time.monotonic()
         failures = 0
+        renewed = again = False
         while True:
-            attempt = Attempt()
+            attempt = Attempt(again, renewed)
             yield attempt
             exc = attempt.failure
             if exc is None:
                 return
+            again = True
             if isinstance(exc, _Renewed):
+                renewed = True
                 continue
+            if attempt.progressed:
+                started, failures = time.monotonic(), 0
             failures += 1
             reason = str(exc) or type(exc).__name__
             retry_after = exc.retry_after if isinstance(exc, Retryable) else None
@@ -662,10 +676,9 @@ class HttpSource:
         if not accept(response):
             raise SourceError(self.name, f"unexpected HTTP {response.status_code}", url=url, page=page)
 
-    def renew_once(self, response: httpx.Response, renewed: list[bool]) -> None:
+    def renew_once(self, response: httpx.Response, attempt: Attempt) -> None:
         """After a 401, renew the credentials once per request and try again at once."""
-        if response.status_code == 401 and not renewed and self.on_unauthorized(response):
-            renewed.append(True)
+        if response.status_code == 401 and not attempt.renewed and self.on_unauthorized(response):
             raise _Renewed("credentials renewed")
 
     def fetch(
@@ -683,15 +696,15 @@ class HttpSource:
         """Send a request and parse its answer, retrying what may succeed on a second try
         (see `attempts`). Not retried: 4xx other than 429, which a retry will not change; a 401
         gets one chance to renew credentials first."""
-        # One request, sent again on each try (authenticated afresh: credentials may be renewed).
         request = self.client.build_request(method, path, params=params, headers=headers, data=data)
         url = str(request.url.copy_with(query=None))
-        renewed: list[bool] = []
         for attempt in self.attempts(url, page):
             with attempt:
+                if attempt.again:  # built afresh, as a client sends it: cookies set meanwhile, say
+                    request = self.client.build_request(method, path, params=params, headers=headers, data=data)
                 self.authenticate(request)
                 response = self._send(request, url, page)
-                self.renew_once(response, renewed)
+                self.renew_once(response, attempt)
                 self.judge(response, url, page, accept)
                 try:
                     return parse(response)

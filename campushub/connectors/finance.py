@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,9 +42,9 @@ ENCODING = "gbk"
 TRAILER = "#合计"  # the export's last line: "#合计,<number of rows>"
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S%z"
 SLASHED = "%Y/%m/%d"
+LONGEST_RECORD = 1024 * 1024  # bytes without a record's end: an unbalanced quote, not a bill
 OVERFLOW = "_overflow"  # where values beyond the header's columns are kept, so nothing is dropped
 
-log = logging.getLogger(__name__)
 
 STREAMS = {
     spec.name: spec
@@ -97,11 +96,10 @@ class _RecordBlocks:
                 if not self._quoted:
                     cut, ends = offset, ends + 1
             self._quoted ^= lines[-1].count(b'"') % 2 == 1
-        if not ends:
-            self._pending += chunk
-            return b"", 0
-        block = bytes(self._pending) + chunk[:cut]
-        self._pending[:] = chunk[cut:]
+        block = bytes(self._pending) + chunk[:cut] if ends else b""
+        self._pending[:] = chunk[cut:] if ends else self._pending + chunk
+        if len(self._pending) > LONGEST_RECORD:
+            raise ValueError(f"no record ends within {LONGEST_RECORD} bytes (a quote left open?)")
         return block, ends
 
     @property
@@ -127,8 +125,12 @@ class _ExportRecords:
 
     def __iter__(self) -> Iterator[list[str]]:
         blocks = _RecordBlocks()
+        source, url = self._where
         for chunk in self._chunks:
-            block, ends = blocks.feed(chunk)
+            try:
+                block, ends = blocks.feed(chunk)
+            except ValueError as exc:  # the same bytes would fail the same way again
+                raise MalformedPageError(source, str(exc), url=url, page=f"after record {self.count}") from exc
             if not ends:
                 continue
             text, bad_bytes = _decoded(block)
@@ -138,7 +140,6 @@ class _ExportRecords:
                 self.count += 1
                 yield row
             if self.count - before != ends:
-                source, url = self._where
                 raise MalformedPageError(
                     source,
                     f"export does not parse into as many rows as it has lines ({self.count - before} in {ends})",
@@ -167,14 +168,12 @@ def _trailer_count(row: list[str] | None) -> int:
 
 @dataclass
 class _HandedOut:
-    """What the tries of one export have handed out so far, and a fingerprint of those rows (of
-    their own fingerprints, in order): a retry whose first rows are the same rows carries on
-    after them; a retry that finds them changed gives up its try, and the next one hands the
-    file out again from its first row — landing takes that as it takes any re-sent record
-    (unchanged ones are recognised by their hash). ETags cannot decide this: a proxy that cuts a
-    body short may drop the ETag with it."""
+    """How many rows the tries of one export have handed out, and a fingerprint of those rows
+    (of their own fingerprints, in order). A retry carries on after them once its first rows
+    are found to be the same rows; if they changed, the read fails, since the caller holds the
+    first rows of one version and the rest could only come from another. (ETags cannot decide
+    this: a proxy that cuts a body short may drop the ETag with it.)"""
 
-    window: PageWindow = field(default_factory=lambda: PageWindow(STREAMS["fee_bills"]))
     rows: int = 0
     _fingerprint: Any = field(default_factory=lambda: hashlib.md5(usedforsecurity=False))
 
@@ -182,7 +181,7 @@ class _HandedOut:
         self.rows += len(digests)
         self._fingerprint.update("".join(digests).encode())
 
-    def skip(self, rows: Iterator[list[str]], digest: Callable[[list[str]], str]) -> None:
+    def skip(self, rows: Iterator[list[str]], digest: Callable[[list[str]], str], url: str) -> None:
         """Read past the rows handed out before, which must be the same again."""
         if not self.rows:
             return
@@ -190,11 +189,13 @@ class _HandedOut:
         for row in islice(rows, self.rows):
             again.update(digest(row).encode())
         if again.digest() != self._fingerprint.digest():
-            log.warning("finance: the export changed between tries after %d rows; reading it again whole", self.rows)
-            handed_before = self.rows
-            self.window, self.rows = PageWindow(STREAMS["fee_bills"]), 0
-            self._fingerprint = hashlib.md5(usedforsecurity=False)
-            raise Retryable(f"the export changed between tries after {handed_before} rows")
+            raise SourceError(
+                "finance",
+                f"the export changed between tries, after {self.rows} rows of it had been read; "
+                "the next sync reads it again",
+                url=url,
+                page="export",
+            )
 
 
 def _row_problems(values: list[str], width: int, check_bytes: bool) -> list[str]:
@@ -283,9 +284,9 @@ class FinanceSource(HttpSource):
     def _fee_bills(self, cursor: str | None) -> Iterator[Batch]:
         """The export, parsed as it arrives, batch by batch; its ETag is handed over with the
         last batch, once the trailer has vouched for every row. A try that fails part-way (cut
-        short, a dropped connection) is retried under the source's policy, skipping the rows
-        already handed out; the caller never sees a cursor for a file that did not arrive whole,
-        and a caller that commits only at the end (raw landing) never keeps part of one."""
+        short, a dropped connection) is retried under the source's policy, carrying on after
+        the rows already handed out: the caller never sees a cursor for a file that did not
+        arrive whole, and one that commits only at the end (raw landing) never keeps part of one."""
         conditional = {"If-None-Match": cursor} if cursor else None
         request = self.client.build_request("GET", FEE_BILLS_PATH, headers=conditional)
         url = str(request.url)
@@ -293,28 +294,36 @@ class FinanceSource(HttpSource):
         def expected(response: httpx.Response) -> bool:
             return response.status_code == 200 or (response.status_code == 304 and cursor is not None)
 
-        handed = _HandedOut()
-        renewed: list[bool] = []
+        handed, window = _HandedOut(), PageWindow(STREAMS["fee_bills"])
         for attempt in self.attempts(url, "export"):
             with attempt:
+                if attempt.again:
+                    request = self.client.build_request("GET", FEE_BILLS_PATH, headers=conditional)
                 self.authenticate(request)
+                sent = time.monotonic()
                 response = self.client.send(request, stream=True)
                 try:
                     if response.status_code != 200:  # a 304 or an error page: small, read whole
                         response.read()
-                    self.renew_once(response, renewed)
+                    self.renew_once(response, attempt)
                     self.judge(response, url, "export", expected)
                     if response.status_code == 304:
+                        if handed.rows:  # rows of a newer version are out: this one cannot be "not modified"
+                            raise SourceError(
+                                self.name, f"a retry was not modified after {handed.rows} newer rows", url=url
+                            )
                         yield self.batch("fee_bills", "not modified", [], cursor)
                         return
-                    yield from self._export_batches(response, url, handed)
+                    budget = self.settings.deadline - (time.monotonic() - sent)
+                    for batch in self._export_batches(response, url, handed, window, budget):
+                        attempt.progress()
+                        yield batch
                 finally:
                     response.close()
 
-    def _export_chunks(self, response: httpx.Response) -> Iterator[bytes]:
-        """The body's chunks, within the request deadline — counted while waiting on the source,
-        not while the caller lands what came before."""
-        budget = self.settings.deadline
+    def _export_chunks(self, response: httpx.Response, budget: float) -> Iterator[bytes]:
+        """The body's chunks, within what is left of the request deadline — counted while waiting
+        on the source, not while the caller lands what came before."""
         chunks = response.iter_bytes()  # not iter_raw: a gzipped export arrives decompressed
         while True:
             started = time.monotonic()
@@ -326,27 +335,31 @@ class FinanceSource(HttpSource):
                 return
             yield chunk
 
-    def _export_batches(self, response: httpx.Response, url: str, handed: _HandedOut) -> Iterator[Batch]:
-        """One try's batches: every row but those handed out by earlier tries of this version."""
+    def _export_batches(
+        self, response: httpx.Response, url: str, handed: _HandedOut, window: PageWindow, budget: float
+    ) -> Iterator[Batch]:
+        """One try's batches: every row but those an earlier try handed out."""
         etag = response.headers.get("ETag")
-        records = _ExportRecords(self._export_chunks(response), self.name, url)
+        records = _ExportRecords(self._export_chunks(response, budget), self.name, url)
         rows = iter(records)
-        header = next(rows, [])
+        header = next(rows, None)
+        if header is None:
+            raise Retryable.malformed(ValueError("export cut short: it is empty"))
         self._require_columns(header, url)
         digest = _row_digest(header)
-        handed.skip(rows, digest)
+        handed.skip(rows, digest, url)
 
         def batch(values: list[list[str]], last: bool) -> Batch:
             parsed, flagged = _rows(header, values, records.undecodable)
             checked = [
                 Record(record.stream, record.key, record.data, record.problems, digest(row))
-                for record, row in zip(handed.window.page(parsed), values, strict=True)
+                for record, row in zip(window.page(parsed), values, strict=True)
             ]
             for n, problems in flagged.items():
                 checked[n] = checked[n]._replace(problems=(*checked[n].problems, *problems))
             first = handed.rows + 1
             handed.add([record.digest or "" for record in checked])
-            page = f"rows {first}-{handed.rows}" if checked else "empty export"
+            page = f"rows {first}-{handed.rows}" if checked else ("empty export" if first == 1 else "trailer")
             # The ETag is safe to store only once every row of this version is committed.
             return self.batch("fee_bills", page, checked, etag if last else None)
 
