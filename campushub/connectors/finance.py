@@ -103,9 +103,9 @@ class _RecordBlocks:
         return block, ends
 
     @property
-    def rest(self) -> bytes:
-        """What follows the last complete record: nothing, in an export that arrived whole."""
-        return bytes(self._pending)
+    def complete(self) -> bool:
+        """Whether the bytes so far end with a complete record, as an export that arrived whole does."""
+        return not self._pending
 
 
 class _ExportRecords:
@@ -113,19 +113,19 @@ class _ExportRecords:
     parsed as it arrives; a row at a time, so memory holds a block's text and no more.
 
     Raises Retryable when the file stops inside a record (cut short in transit: worth another
-    try), and MalformedPageError when the parser and the line breaks disagree (a lone \r ends a
-    CSV record but not a line: the same bytes would parse the same way again).
+    try), and MalformedPageError when the parser and the line breaks disagree (a lone carriage
+    return ends a CSV record but not a line: the same bytes would parse the same way again).
     """
 
     def __init__(self, chunks: Iterator[bytes], source: str, url: str) -> None:
         self._chunks = chunks
-        self._where = (source, url)
+        self._source, self._url = source, url
         self.count = 0
         self.undecodable = False  # some bytes so far were not GBK: look for U+FFFD in every row
 
     def __iter__(self) -> Iterator[list[str]]:
         blocks = _RecordBlocks()
-        source, url = self._where
+        source, url = self._source, self._url
         for chunk in self._chunks:
             try:
                 block, ends = blocks.feed(chunk)
@@ -146,7 +146,7 @@ class _ExportRecords:
                     url=url,
                     page=f"records {before + 1}-{self.count}",
                 )
-        if blocks.rest:
+        if not blocks.complete:
             raise Retryable.malformed(ValueError("export cut short: it does not end with a complete line"))
 
 
