@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -19,8 +19,16 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
+# Upgrades of one PostgreSQL database take turns: each of a run's step processes makes sure of the
+# schema as it starts, and two creating the same tables at once on a fresh database collide.
+UPGRADE_LOCK = 0x63616D70  # any constant of this project's own
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Held to the end of the transaction: the next upgrader finds this one's work done.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
