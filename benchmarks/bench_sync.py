@@ -2,11 +2,11 @@
 
     python benchmarks/bench_sync.py [--students 50000] [--database sqlite|postgresql|both]
 
-The pipeline runs the way the hub runs it: `dagster.materialize` in this process, with the
-code location's own resources (`campushub.orchestration.definitions.RESOURCES`), the `sync`
-selection (every raw asset, every unpartitioned unified asset and `unified/persons`) in one
-run, then every daily partition of `unified/card_transactions` in one partition-range run —
-what `campushub run` (orchestration/mainjob.py) does.
+The pipeline runs the way the hub runs it — what `campushub run` (orchestration/mainjob.py)
+does: `dagster.materialize` in this process, with the code location's own resources, in three
+runs: every raw asset and the card accounts; then the rest of the unified layer with
+`unified/persons`, beside (PostgreSQL) or before (SQLite) every daily partition of
+`unified/card_transactions` in one partition-range run; each run with its assets' checks.
 
 The raw limit: the GET requests the connectors sent during the full sync are recorded, then
 replayed with the same client and authentication and only parsed (JSON, or the finance
@@ -20,7 +20,7 @@ Incremental: after the full sync, 1% of the people-shaped records — students +
 accounts, counted in the unified layer — worth of random changes go through the stand-ins'
 admin endpoint (`POST /_admin/changes`). The change mix (changes.py) edits students, staff
 and card accounts, adds new students (with a card and bills), card transactions (1-3 each)
-and payments. Then the `sync` selection runs again from its cursors, with the two newest
+and payments. Then the same three runs go again from the cursors, with the two newest
 card-transaction partitions (what the `card_days_current` schedule refreshes).
 
 The stand-ins run in their own process, as real source systems would; with `--database both`
@@ -134,61 +134,43 @@ def step_seconds(result: Any) -> dict[str, float]:
 
 
 class Pipeline:
-    """The hub's assets, run in-process as the main job runs them."""
+    """The hub's runs as the main job runs them (orchestration/mainjob.py), in one Dagster instance."""
 
     def __init__(self) -> None:
         from dagster import DagsterInstance
 
-        from campushub.orchestration.assets.raw import RAW_ASSETS
-        from campushub.orchestration.assets.unified import CARD_DAYS, UNIFIED_ASSETS, card_transactions, persons
-        from campushub.orchestration.checks import ASSET_CHECKS
-        from campushub.orchestration.definitions import RESOURCES
+        from campushub.orchestration.assets.unified import CARD_DAYS
 
         self.instance = DagsterInstance.ephemeral()
-        # As the main job splits them: the blocking checks run in the run that builds their asset.
-        self.day_checks = [c for c in ASSET_CHECKS if any(k.asset_key == card_transactions.key for k in c.check_keys)]
-        self.sync_checks = [c for c in ASSET_CHECKS if c not in self.day_checks]
-        self.sync_assets = [*RAW_ASSETS, *UNIFIED_ASSETS, persons]
-        self.card_transactions = card_transactions
         self.card_days = CARD_DAYS
-        self.resources = RESOURCES
 
-    def sync(self) -> tuple[float, dict[str, float], dict[str, float]]:
-        """The `sync` selection: (wall seconds, step seconds, metadata totals)."""
-        from dagster import materialize
+    def sync(self, days: list[str] | None = None) -> tuple[float, list[float], dict[str, float], dict[str, float]]:
+        """Landing, then the unified layer beside the card days (`days`: first and last, all when
+        None): (wall seconds, each run's step seconds summed, step seconds, metadata totals)."""
+        from campushub.orchestration.mainjob import sync_and_card_days
 
         started = time.perf_counter()
-        result = materialize(
-            [*self.sync_assets, *self.sync_checks],
-            resources=self.resources,
-            instance=self.instance,
-            run_config=QUIET,
-            raise_on_error=True,
-        )
+        results = sync_and_card_days(self.instance, days, QUIET)
         seconds = time.perf_counter() - started
+        if len(results) < 3 or not all(result.success for result in results):
+            raise RuntimeError("a run of the main job failed: see the errors above")
+        steps: dict[str, float] = {}
         totals: Counter[str] = Counter()
-        for event in result.get_asset_materialization_events():
-            path = event.materialization.asset_key.path
-            for name, value in event.materialization.metadata.items():
-                if isinstance(value.value, int) and not isinstance(value.value, bool):
-                    totals[f"{path[0]}.{name}"] += value.value
-        return seconds, step_seconds(result), dict(totals)
+        for result in results:
+            steps.update(step_seconds(result))
+            for event in result.get_asset_materialization_events():
+                path = event.materialization.asset_key.path
+                if event.materialization.partition and path == ["unified", "card_transactions"]:
+                    continue  # a partition-range run reports its totals once per day: counted below
+                for name, value in event.materialization.metadata.items():
+                    if isinstance(value.value, int) and not isinstance(value.value, bool):
+                        totals[f"{path[0]}.{name}"] += value.value
+        # Each run's steps go one after another: their sum is the run's time but for its start and end.
+        runs = [sum(step_seconds(result).values()) for result in results]
+        return seconds, runs, steps, dict(totals)
 
-    def card_days_range(self, first: str, last: str) -> tuple[float, dict[str, float]]:
-        """One partition-range run of `unified/card_transactions` over [first, last]."""
-        from dagster import materialize
-        from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-        started = time.perf_counter()
-        result = materialize(
-            [self.card_transactions, *self.day_checks],
-            resources=self.resources,
-            instance=self.instance,
-            run_config=QUIET,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
-            raise_on_error=True,
-        )
-        return time.perf_counter() - started, step_seconds(result)
+CARD_STEP = "unified__card_transactions"
 
 
 def check_seconds(steps: dict[str, float]) -> float:
@@ -311,21 +293,21 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
 
         # -- full sync ---------------------------------------------------------------------
         with recording_gets() as sent:
-            sync_seconds, steps, totals = pipeline.sync()
-            days = pipeline.card_days.get_partition_keys()
-            card_seconds, card_steps = pipeline.card_days_range(days[0], days[-1])
-        full = sync_seconds + card_seconds
+            full, (landing_run, unified_run, days_run), steps, totals = pipeline.sync()
         rss_full = peak_rss_mib()
+        days = pipeline.card_days.get_partition_keys()
         raw_steps = sum(s for k, s in steps.items() if k.startswith("raw__"))
-        unified_steps = sum(s for k, s in steps.items() if k.startswith("unified__") and k != "unified__persons")
+        unified_steps = sum(
+            s for k, s in steps.items() if k.startswith("unified__") and k not in ("unified__persons", CARD_STEP)
+        )
         fetched = totals.get("raw.fetched", 0)
+        side = "beside" if kind == "postgresql" else "then"
         print(
             f"full sync: {full:8.1f} s  ({fetched:,} records in {len(sent):,} GETs; dagster.materialize in-process: "
-            f"sync selection {sync_seconds:.1f} s = raw landing {raw_steps:.1f} s + unified {unified_steps:.1f} s "
-            f"+ persons {steps.get('unified__persons', 0):.1f} s + checks {check_seconds(steps):.1f} s "
-            f"+ run overhead; card_transactions {len(days)} partitions in one range run {card_seconds:.1f} s "
-            f"= building {card_steps.get('unified__card_transactions', 0):.1f} s + checks "
-            f"{check_seconds(card_steps):.1f} s + run overhead)",
+            f"landing run {landing_run:.1f} s, then the unified run {unified_run:.1f} s {side} the card-day run "
+            f"{days_run:.1f} s ({len(days)} partitions); steps: raw landing {raw_steps:.1f} s, unified "
+            f"{unified_steps:.1f} s, persons {steps.get('unified__persons', 0):.1f} s, card days "
+            f"{steps.get(CARD_STEP, 0):.1f} s, checks {check_seconds(steps):.1f} s)",
             flush=True,
         )
         print(
@@ -333,7 +315,7 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
             f"unified inserted {totals.get('unified.inserted', 0):,}",
             flush=True,
         )
-        slowest = sorted({**steps, **card_steps}.items(), key=lambda item: -item[1])[:8]
+        slowest = sorted(steps.items(), key=lambda item: -item[1])[:8]
         print("  slowest steps: " + ", ".join(f"{key} {seconds:.1f} s" for key, seconds in slowest), flush=True)
 
         # -- the raw limit -----------------------------------------------------------------
@@ -360,20 +342,16 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
             flush=True,
         )
         reset_peak_rss()
-        inc_seconds, inc_steps, inc_totals = pipeline.sync()
         recent = days[-2:]
-        inc_card_seconds, inc_card_steps = pipeline.card_days_range(recent[0], recent[-1])
-        incremental = inc_seconds + inc_card_seconds
+        incremental, inc_runs, inc_steps, inc_totals = pipeline.sync(recent)
         rss_incremental = peak_rss_mib()
-        inc_checks = check_seconds({**inc_steps, **inc_card_steps})
         print(
             f"incremental sync: {incremental:8.1f} s = {incremental / full:.1%} of the full sync (goal <= 5%)  "
-            f"(sync selection {inc_seconds:.1f} s, landed {inc_totals.get('raw.landed', 0):,}; "
-            f"card_transactions {len(recent)} partitions {inc_card_seconds:.1f} s; of all this, checks "
-            f"{inc_checks:.1f} s)",
+            f"(landed {inc_totals.get('raw.landed', 0):,}; runs {' / '.join(f'{r:.1f}' for r in inc_runs)} s, "
+            f"card_transactions {len(recent)} partitions; of all this, checks {check_seconds(inc_steps):.1f} s)",
             flush=True,
         )
-        slowest = sorted({**inc_steps, **inc_card_steps}.items(), key=lambda item: -item[1])[:5]
+        slowest = sorted(inc_steps.items(), key=lambda item: -item[1])[:5]
         print("  slowest steps: " + ", ".join(f"{key} {seconds:.1f} s" for key, seconds in slowest), flush=True)
 
         # -- memory and checks -------------------------------------------------------------
@@ -383,7 +361,7 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
             f"not the hub's work, {rss_limit:.0f} MiB)",
             flush=True,
         )
-        checks = check_seconds({**steps, **card_steps})
+        checks = check_seconds(steps)
         print(f"quality checks in the full sync: {checks:.1f} s = {checks / full:.1%} of it (goal <= 20%)", flush=True)
         engine.dispose()
 

@@ -1,10 +1,9 @@
 """The production settings, tested: Dagster's instance storage on PostgreSQL (dagster-postgres)
 from the shipped `deploy/dagster.yaml`, the unified layer on PostgreSQL running one sync, and
-what running a run's steps in processes asks of it."""
+schema upgrades that start together."""
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import threading
 import time
@@ -14,14 +13,13 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from dagster import DagsterInstance, in_process_executor, materialize
+from dagster import DagsterInstance, materialize
 from sqlalchemy import create_engine, text
 
 from campushub.models.engine import make_engine
 from campushub.models.migrate import alembic_config, upgrade
 from campushub.orchestration.assets.raw import RAW_ASSETS
 from campushub.orchestration.assets.unified import UNIFIED_ASSETS
-from campushub.orchestration.definitions import PRELOADED, executor_for
 from campushub.orchestration.resources import AcademicAPI, DatabaseResource
 from campushub.simulators.server import SimulatorCluster
 from tests.databases import PG_ADMIN_URL, fresh_database, postgres_available
@@ -92,21 +90,12 @@ def test_runs_are_stored_in_postgres_and_the_unified_layer_too(
         admin.dispose()
 
 
-def test_steps_run_in_processes_on_postgresql_and_in_turn_on_sqlite() -> None:
-    # SQLite has one writer: a unified step beside a long landing would wait out the busy timeout.
-    assert executor_for("sqlite:///data/campushub.db") is in_process_executor
-    assert executor_for("postgresql+psycopg://hub@db.example/campushub").name == "multiprocess"
-    # The forkserver skips a preload that fails to import, silently: each step would import it.
-    for module in PRELOADED:
-        importlib.import_module(module)
-
-
 def test_concurrent_upgrades_of_a_fresh_postgresql_database_take_turns(tmp_path: Path) -> None:
-    # Each step process of a run makes sure of the schema as it starts: on a fresh database two
-    # would create the same tables at once.
+    # Each process that opens the database makes sure of the schema — runs started together, the
+    # API's workers: on a fresh database two would create the same tables at once.
     with fresh_database("postgresql", tmp_path) as engine:
         url = engine.url.render_as_string(hide_password=False)
-        start = threading.Barrier(3)
+        start = threading.Barrier(3, timeout=30)
         failures: list[BaseException] = []
 
         def upgrade_at_once() -> None:
@@ -119,7 +108,7 @@ def test_concurrent_upgrades_of_a_fresh_postgresql_database_take_turns(tmp_path:
             finally:
                 own.dispose()
 
-        upgraders = [threading.Thread(target=upgrade_at_once) for _ in range(3)]
+        upgraders = [threading.Thread(target=upgrade_at_once, daemon=True) for _ in range(3)]
         for upgrader in upgraders:
             upgrader.start()
         deadline = time.monotonic() + 60

@@ -19,16 +19,18 @@ def alembic_config(engine: Engine | None = None) -> Config:
     return config
 
 
-# Upgrades of one PostgreSQL database take turns: each of a run's step processes makes sure of the
-# schema as it starts, and two creating the same tables at once on a fresh database collide.
-UPGRADE_LOCK = 0x63616D70  # any constant of this project's own
+# Upgrades of one PostgreSQL database take turns: every process that opens it makes sure of the
+# schema (runs started together, the API's workers), and two creating the same tables at once on
+# a fresh database collide.
+UPGRADE_LOCK = 0x63616D70  # "camp" in ASCII: a key of this project's own
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     config = alembic_config(engine)
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
-            # Held to the end of the transaction: the next upgrader finds this one's work done.
+            # Held to the end of the transaction; the next upgrader's statements then see this one's
+            # work done (READ COMMITTED, the default: each statement sees what committed before it).
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

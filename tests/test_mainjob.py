@@ -1,0 +1,64 @@
+"""The main job (`campushub run`): landing, then the unified layer beside (PostgreSQL) or before
+(SQLite) the card days, each run with its checks — and nothing built on a landing that failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from campushub.models.landing import RawRecord
+from campushub.models.unified import CardTransaction, Person, Student
+from campushub.orchestration import mainjob
+from campushub.simulators.server import SimulatorCluster
+from tests.databases import DATABASES, fresh_database
+from tests.test_pipeline import FastHRAPI, resources_for, url_of
+
+
+def _count(engine: Engine, *what: object) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(select(func.count()).select_from(*what)).scalar_one())
+
+
+def _main_job_on(
+    engine: Engine, resources: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> tuple[bool, list[str]]:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # an in-memory instance
+    monkeypatch.setenv("CAMPUSHUB_DATABASE_URL", url_of(engine))
+    monkeypatch.setattr(mainjob, "RESOURCES", resources)
+    said: list[str] = []
+    return mainjob.run_main_job(said.append), said
+
+
+@DATABASES
+def test_main_job_builds_everything_and_says_so_once(
+    database_kind: str, simulators: SimulatorCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_database(database_kind, tmp_path) as engine:
+        succeeded, said = _main_job_on(engine, resources_for(simulators, url_of(engine)), monkeypatch)
+        assert succeeded, "\n".join(said)
+        assert [line for line in said if line.startswith("main job")] == ["main job: succeeded"]
+        assert [line for line in said if line.startswith("quality checks")] == [
+            "quality checks: 2 passed, 0 failed",  # the card accounts', with landing
+            "quality checks: 25 passed, 0 failed",  # the rest of the unified layer's
+            "quality checks: 4 passed, 0 failed",  # the card days'
+        ]
+        landed_events = RawRecord.__table__.select().where(RawRecord.stream == "card_transactions").subquery()
+        assert 0 < _count(engine, CardTransaction) <= _count(engine, landed_events)
+        # (other tests add students to the stand-ins this one shares)
+        assert _count(engine, Student) >= simulators.settings.students
+        assert _count(engine, Person) >= simulators.settings.students
+
+
+def test_main_job_builds_nothing_on_a_landing_that_failed(
+    simulators: SimulatorCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_database("sqlite", tmp_path) as engine:
+        resources = resources_for(simulators, url_of(engine))
+        resources["hr"] = FastHRAPI(base_url="http://127.0.0.1:9", client_id="-", client_secret="-")  # nothing there
+        succeeded, said = _main_job_on(engine, resources, monkeypatch)
+        assert not succeeded
+        assert said[-1] == "main job: FAILED — see the errors above"
+        assert _count(engine, RawRecord) > 0  # the other sources landed
+        assert _count(engine, Student) == _count(engine, CardTransaction) == 0
