@@ -6,13 +6,7 @@ is imported only inside the checks that run it.
 
 from __future__ import annotations
 
-from dagster import (
-    AssetSelection,
-    AutomationConditionSensorDefinition,
-    Definitions,
-    EnvVar,
-    in_process_executor,
-)
+from dagster import AssetSelection, AutomationConditionSensorDefinition, Definitions, EnvVar, in_process_executor
 
 from campushub.orchestration.assets.raw import RAW_ASSETS
 from campushub.orchestration.assets.unified import ALL_UNIFIED

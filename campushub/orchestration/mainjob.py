@@ -44,10 +44,17 @@ def checks_on(assets: Sequence[AssetsDefinition]) -> list[AssetChecksDefinition]
 
 
 def sync_and_card_days(
-    instance: DagsterInstance, days: Sequence[str] | None = None, run_config: dict[str, Any] | None = None
+    instance: DagsterInstance,
+    days: Sequence[str] | None = None,
+    run_config: dict[str, Any] | None = None,
+    days_instance: DagsterInstance | None = None,
 ) -> list[ExecuteInProcessResult]:
-    """The three runs (see above) — `days`: the first and last card day, all when None. Their
-    results in order; a run that failed is the last, what depends on it is not run."""
+    """The three runs (see above); their results in order — only landing's when it failed.
+
+    `days`: the first and last card day, all when None. `days_instance`: where the card-day run
+    is recorded, `instance` by default — but an in-memory instance keeps its runs in one
+    database connection, which two runs at once cannot share: side by side, the card days then
+    get one of their own, and their checks compare with that one's earlier evaluations."""
 
     def run(
         assets: Sequence[AssetsDefinition], tags: dict[str, str] | None = None, on: DagsterInstance = instance
@@ -68,13 +75,11 @@ def sync_and_card_days(
         return [landing]
     if make_url(database_url()).get_backend_name() == "sqlite":  # one writer
         unified = run(UNIFIED_REST)
-        return [landing, unified, run([card_transactions], by_day)]
-    # An in-memory instance keeps its runs in one database connection, which two runs at once
-    # cannot share: the card days then get one of their own (their checks compare with their own
-    # earlier evaluations only). A stored instance takes concurrent runs, as it does from processes.
-    side_instance = DagsterInstance.ephemeral() if instance.is_ephemeral else instance
+        return [landing, unified, run([card_transactions], by_day, days_instance or instance)]
+    if days_instance is None:
+        days_instance = DagsterInstance.ephemeral() if instance.is_ephemeral else instance
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="card-days") as side:
-        card_days = side.submit(run, [card_transactions], by_day, side_instance)
+        card_days = side.submit(run, [card_transactions], by_day, days_instance)
         unified = run(UNIFIED_REST)
         return [landing, unified, card_days.result()]
 
