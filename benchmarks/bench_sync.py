@@ -158,9 +158,13 @@ class Pipeline:
         if len(results) < 3 or not all(result.success for result in results):
             raise RuntimeError("a run of the main job failed: see the errors above")
         steps: dict[str, float] = {}
+        runs: list[float] = []
         totals: Counter[str] = Counter()
         for result in results:
-            steps.update(step_seconds(result))
+            run_steps = step_seconds(result)
+            steps.update(run_steps)
+            # A run's steps go one after another: their sum is its time but for its start and end.
+            runs.append(sum(run_steps.values()))
             for event in result.get_asset_materialization_events():
                 path = event.materialization.asset_key.path
                 if event.materialization.partition:
@@ -168,8 +172,6 @@ class Pipeline:
                 for name, value in event.materialization.metadata.items():
                     if isinstance(value.value, int) and not isinstance(value.value, bool):
                         totals[f"{path[0]}.{name}"] += value.value
-        # Each run's steps go one after another: their sum is the run's time but for its start and end.
-        runs = [sum(step_seconds(result).values()) for result in results]
         return seconds, runs, steps, dict(totals)
 
 
