@@ -21,10 +21,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, insert, select, update
+import orjson
+from sqlalchemy import JSON, Connection, Row, Text, bindparam, cast, func, insert, select, text
 
 from campushub.models.base import utcnow
-from campushub.models.ingest import upsert
+from campushub.models.ingest import bulk_append, bulk_update, bulk_upsert, upsert
 from campushub.models.survivorship import Candidate, choose, rules
 from campushub.models.unified import CardAccount, Conflict, FieldProvenance, Person, SourceIdentity, Staff, Student
 
@@ -60,9 +61,23 @@ def _chunks(values: list[Any]) -> Iterator[list[Any]]:
 
 
 def _select_in(connection: Connection, column: Any, values: Iterable[Any], *where: Any) -> list[Row[Any]]:
+    """The rows of `column`'s table whose `column` is one of `values` (and `where` holds).
+
+    PostgreSQL: one statement, the values as one JSON array (encoded in C by orjson). An IN list
+    is a bound parameter per value, which SQLAlchemy renders and psycopg parses into the
+    statement anew for every list — a sixth of a first load's person master. SQLite caps a
+    statement's parameters: IN lists of a chunk each."""
     table = column.table
+    distinct = sorted(set(values))
+    if connection.dialect.name == "postgresql":
+        if not distinct:
+            return []
+        elements = func.json_array_elements_text(cast(bindparam("values", type_=Text), JSON)).table_valued("value")
+        listed = select(cast(elements.c.value, column.type))
+        statement = select(table).where(column.in_(listed), *where)
+        return list(connection.execute(statement, {"values": orjson.dumps(distinct).decode()}).all())
     rows: list[Row[Any]] = []
-    for chunk in _chunks(sorted(set(values))):
+    for chunk in _chunks(distinct):
         rows += connection.execute(select(table).where(column.in_(chunk), *where)).all()
     return rows
 
@@ -234,15 +249,25 @@ def resolve(connection: Connection) -> ResolveResult:
 def _create_persons(connection: Connection, digests: list[str | None], result: ResolveResult) -> list[int]:
     """New, still empty persons, one per ID number hash given; their ids in the same order.
 
-    One batched INSERT: a round trip per person costs seconds on a first load."""
+    One batched INSERT … RETURNING: a round trip per person costs seconds on a first load.
+    PostgreSQL: the ids drawn from the table's sequence in one statement, then the rows copied
+    in — the batched INSERT is a statement of two thousand parameters per thousand persons,
+    each parsed anew."""
     if not digests:
         return []
-    ids = connection.execute(
-        insert(Person).returning(Person.id, sort_by_parameter_order=True),
-        [{"name": "", "id_number_hash": digest} for digest in digests],
-    ).scalars()
     result.persons_created += len(digests)
-    return list(ids)
+    if connection.dialect.name != "postgresql":
+        inserted = insert(Person).returning(Person.id, sort_by_parameter_order=True)
+        return list(connection.execute(inserted, [{"name": "", "id_number_hash": d} for d in digests]).scalars())
+    drawn = text("SELECT nextval(pg_get_serial_sequence('person', 'id')) FROM generate_series(1, :count)")
+    ids = list(connection.execute(drawn, {"count": len(digests)}).scalars())
+    now = utcnow()
+    rows = [
+        {"id": i, "name": "", "id_number_hash": d, "created_at": now, "updated_at": now}
+        for i, d in zip(ids, digests, strict=True)
+    ]
+    bulk_append(connection, Person.__table__, rows)
+    return ids
 
 
 def _apply_links(connection: Connection, links: dict[int, int | None], result: ResolveResult) -> None:
@@ -255,27 +280,24 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
             result.touched_persons.add(person_id)
         if identity.person_id is not None and identity.person_id != person_id:
             result.touched_persons.add(identity.person_id)  # it lost a member: recompute it
-        role_updates[identity.source].append({"key": identity.source_key, "pid": person_id})
-    if identities:
-        connection.execute(
-            update(SourceIdentity)
-            .where(SourceIdentity.id == bindparam("iid"))
-            .values(person_id=bindparam("pid"), resolved=True)
-            .execution_options(synchronize_session=False),
-            [{"iid": identity.id, "pid": links[identity.id]} for identity in identities],
-        )
+        _, key = _ROLE_KEYS[identity.source]
+        role_updates[identity.source].append({key: identity.source_key, "person_id": person_id})
+    bulk_update(
+        connection,
+        SourceIdentity.__table__,
+        ("id",),
+        [{"id": identity.id, "person_id": links[identity.id], "resolved": True} for identity in identities],
+    )
     for source, rows in role_updates.items():
         table, key = _ROLE_KEYS[source]
-        connection.execute(
-            update(table.__table__).where(key == bindparam("key")).values(person_id=bindparam("pid")), rows
-        )
+        bulk_update(connection, table, (key,), rows)
 
 
 _HOLDER_KIND = {"academic": "student", "hr": "staff"}  # as a card's `link` names its holder
-_ROLE_KEYS = {
-    "academic": (Student, Student.__table__.c.student_no),
-    "hr": (Staff, Staff.__table__.c.staff_no),
-    "card": (CardAccount, CardAccount.__table__.c.card_no),
+_ROLE_KEYS = {  # each source's role table, and the column its source key is in
+    "academic": (Student.__table__, "student_no"),
+    "hr": (Staff.__table__, "staff_no"),
+    "card": (CardAccount.__table__, "card_no"),
 }
 
 
@@ -322,26 +344,10 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
                 _log_disagreement(connection, person_id, name, candidates, winner, why, result)
         if not members:
             values = {column: None for column in values} | {"name": ""}  # every member left: no facts
-        # Bound names must differ from column names in an executemany UPDATE: prefix them.
-        person_updates.append({"pid": person_id, **{f"v_{k}": v for k, v in values.items()}, "v_updated_at": utcnow()})
-    if person_updates:
-        table = Person.__table__
-        connection.execute(
-            update(table)
-            .where(table.c.id == bindparam("pid"))
-            .values({name[2:]: bindparam(name) for name in person_updates[0] if name != "pid"}),
-            person_updates,
-        )
-        result.persons_updated += len(person_updates)
-    for chunk in _chunks(provenance):
-        statement = upsert(connection, FieldProvenance.__table__)
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["entity", "entity_id", "field"],
-                set_={k: statement.excluded[k] for k in ("source", "source_key", "as_of")},
-            ),
-            chunk,
-        )
+        person_updates.append({"id": person_id, **values, "updated_at": utcnow()})
+    bulk_update(connection, Person.__table__, ("id",), person_updates)
+    result.persons_updated += len(person_updates)
+    bulk_upsert(connection, FieldProvenance.__table__, ("entity", "entity_id", "field"), provenance, update=True)
 
 
 def _log_disagreement(

@@ -205,6 +205,35 @@ def bulk_upsert(
     return int(written)
 
 
+def bulk_update(connection: Connection, table: Table, key: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE the rows of `table` named by `key` with the other values of `rows` (all with the
+    same columns, each key once), through the bulk path.
+
+    PostgreSQL: COPY into a session-scoped staging table, then one UPDATE … FROM it — an
+    executemany sends a statement per row, which the server plans and runs one by one (the person
+    master's first load updates every identity, role record and person that way).
+    Elsewhere: one prepared statement run over plain tuples."""
+    if not rows:
+        return
+    columns, values = _bound(connection, table, rows)
+    quote = connection.dialect.identifier_preparer.quote
+    changed = [name for name in columns if name not in key]
+    if connection.dialect.name != "postgresql":
+        order = [columns.index(name) for name in (*changed, *key)]
+        assignments = ", ".join(f"{quote(n)} = ?" for n in changed)
+        matches = " AND ".join(f"{quote(n)} = ?" for n in key)
+        sql = f"UPDATE {quote(table.name)} SET {assignments} WHERE {matches}"
+        connection.exec_driver_sql(sql, [tuple(value[i] for i in order) for value in values])
+        return
+    stage = _staging_table(connection, table, columns)
+    _copy(connection, stage, ", ".join(quote(name) for name in columns), values)
+    assignments = ", ".join(f"{quote(n)} = s.{quote(n)}" for n in changed)
+    matches = " AND ".join(f"t.{quote(n)} = s.{quote(n)}" for n in key)
+    with connection.connection.driver_connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {quote(table.name)} AS t SET {assignments} FROM {stage} AS s WHERE {matches}")
+        cursor.execute(f"TRUNCATE {stage}")
+
+
 def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """INSERT `rows`, all with the same columns, whose keys the caller knows absent in this
     transaction — found so, or sure of it (a first load's chunk, see `unify._appended`; the
