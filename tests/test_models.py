@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Date, column, inspect, table, text
+from sqlalchemy import Date, column, insert, inspect, select, table, text
 from sqlalchemy.types import TypeEngine
 
 from campushub.models import Base
@@ -27,6 +27,7 @@ from campushub.models.ingest import (
     LandingResult,
     _latest_hashes,
     bind_processors,
+    bulk_update,
     content_hash,
     land_batches,
     prefetched,
@@ -34,7 +35,7 @@ from campushub.models.ingest import (
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
-from campushub.models.unified import Grade
+from campushub.models.unified import Grade, Person, SourceIdentity
 from campushub.models.unify import MAPPINGS, _write, stored_hashes, stored_hashes_query, unify
 from tests.databases import DATABASES, fresh_database
 from tests.landing_support import Batch, Record
@@ -221,6 +222,46 @@ def test_unify_writes_new_changed_and_unchanged_rows_each_their_way(database_kin
     assert first == (10, 0, 0) and again == (0, 0, 10)
     assert changed == (1, 10, 0)  # S10 new; every other row has a course name now, S0-S4 a new score too
     assert stored["S0"] == (90, "高等数学") and stored["S9"] == (60, "高等数学") and stored["S10"] == (60, "12345")
+
+
+@DATABASES
+def test_bulk_updates_change_only_the_rows_and_columns_they_name(database_kind: str, tmp_path: Path) -> None:
+    """The rows named by their key (one column or several) get the other values given — text,
+    bytes, None, instants and booleans as they are — and every other row and column stays."""
+    at = dt.datetime(2026, 12, 6, 8, 30, tzinfo=CST)
+    people = [{"id": n, "name": f"P{n}", "phone": "13800000000", "id_number_hash": f"h{n}"} for n in (1, 2, 3)]
+    identity = {"role": "student", "name": "P", "row_hash": "0" * 32, "resolved": False}
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        with engine.begin() as connection:
+            connection.execute(insert(Person), people)
+            connection.execute(
+                insert(SourceIdentity), [{**identity, "source": "academic", "source_key": k} for k in ("S1", "S2")]
+            )
+            bulk_update(
+                connection,
+                Person.__table__,
+                ("id",),
+                [
+                    {"id": 1, "name": "张三", "id_number_cipher": b"\x00\\\tcipher", "phone": None, "updated_at": at},
+                    {"id": 3, "name": "李\t四", "id_number_cipher": None, "phone": "13900000000", "updated_at": at},
+                ],
+            )
+            bulk_update(connection, Person.__table__, ("id",), [])
+            bulk_update(
+                connection,
+                SourceIdentity.__table__,
+                ("source", "source_key"),
+                [{"source": "academic", "source_key": "S2", "resolved": True, "person_id": 2}],
+            )
+            persons = {row.id: row for row in connection.execute(select(Person.__table__))}
+            identities = {row.source_key: row for row in connection.execute(select(SourceIdentity.__table__))}
+    assert (persons[1].name, persons[1].id_number_cipher, persons[1].phone) == ("张三", b"\x00\\\tcipher", None)
+    assert persons[1].updated_at == at and persons[1].id_number_hash == "h1"
+    assert (persons[2].name, persons[2].phone) == ("P2", "13800000000") and persons[2].updated_at != at
+    assert (persons[3].name, persons[3].phone, persons[3].id_number_cipher) == ("李\t四", "13900000000", None)
+    assert (identities["S1"].resolved, identities["S1"].person_id) == (False, None)
+    assert (identities["S2"].resolved, identities["S2"].person_id) == (True, 2)
 
 
 @DATABASES
