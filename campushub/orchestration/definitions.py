@@ -6,6 +6,8 @@ is imported only inside the checks that run it.
 
 from __future__ import annotations
 
+import gc
+
 from dagster import AssetSelection, AutomationConditionSensorDefinition, Definitions, EnvVar, in_process_executor
 
 from campushub.orchestration.assets.raw import RAW_ASSETS
@@ -13,6 +15,15 @@ from campushub.orchestration.assets.unified import ALL_UNIFIED
 from campushub.orchestration.automation import JOBS, SCHEDULES
 from campushub.orchestration.checks import ASSET_CHECKS
 from campushub.orchestration.resources import HRAPI, AcademicAPI, CardAPI, DatabaseResource, FinanceAPI
+
+# The steps turn millions of source records into short-lived dicts and rows, and at Python's
+# default thresholds (a collection every 700 new objects, a full one every 100 of those) the
+# cyclic collector spent a quarter of a unified load re-scanning the rows being built and the
+# process's half a million long-lived objects: grades at 10,000 students took 6.8-7.1 s, 4.8-5.2
+# with collections every 50,000 new objects, 4.9 with none. Steps run in the process that loads
+# this module (`in_process_executor`, the main job), so this is where the setting takes effect.
+GC_THRESHOLDS = (50_000, 20, 10)
+gc.set_threshold(*GC_THRESHOLDS)
 
 RESOURCES = {
     "academic": AcademicAPI(base_url=EnvVar("CAMPUSHUB_ACADEMIC_URL"), api_key=EnvVar("CAMPUSHUB_ACADEMIC_API_KEY")),
