@@ -14,7 +14,9 @@ export's GBK CSV), and each page's records go straight into a plain table throug
 database's own bulk path — `executemany` of tuples on SQLite, binary `COPY … FROM STDIN` (psycopg
 3 `cursor.copy`, as raw landing writes) on PostgreSQL — one transaction per stream, no hashing, no look-ups, no
 indexes. The payload column has the type raw landing uses (JSON text on SQLite, JSONB on
-PostgreSQL), so a record is serialised once, as any store of it must.
+PostgreSQL), so a record is serialised once, as any store of it must. The replay runs twice, in
+this process: with the garbage-collector settings the hub's pipeline gave it, and with Python's
+own; the faster is the limit.
 
 Incremental: after the full sync, 1% of the people-shaped records — students + staff + card
 accounts, counted in the unified layer — worth of random changes go through the stand-ins'
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import io
 import json
 import os
@@ -243,6 +246,21 @@ def bulk_writer(engine: Engine) -> tuple[Any, Callable[[str, list[Any]], None]]:
     return dbapi, write
 
 
+@contextmanager
+def python_default_collector() -> Iterator[None]:
+    """Python's own garbage-collector settings for a while — nothing frozen, the default
+    thresholds — where the hub's pipeline processes tune theirs (orchestration/definitions.py)."""
+    thresholds = gc.get_threshold()
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*thresholds)
+
+
 def raw_limit(engine: Engine, sent: list[tuple[str, httpx.URL]]) -> tuple[float, float, int]:
     """Replay the recorded GETs, parse, bulk-insert: (total seconds, of which inserting, records)."""
     from campushub.connectors import open_source
@@ -324,13 +342,20 @@ def bench(kind: str, students: int, admin_url: str, percent: float) -> None:
         print("  slowest steps: " + ", ".join(f"{key} {seconds:.1f} s" for key, seconds in slowest), flush=True)
 
         # -- the raw limit -----------------------------------------------------------------
+        # Replayed in this process, which the sync left with the hub's garbage-collector settings,
+        # and again with Python's own: the faster replay is the limit.
         reset_peak_rss()
-        limit, inserting, replayed = raw_limit(engine, sent)
+        tuned = raw_limit(engine, sent)
+        with python_default_collector():
+            untuned = raw_limit(engine, sent)
         rss_limit = peak_rss_mib()
+        limit, inserting, replayed = min(tuned, untuned)
         print(
             f"raw limit: {limit:8.1f} s  (same {len(sent):,} GETs replayed with httpx + parse: "
             f"{limit - inserting:.1f} s; {replayed:,} records bulk-inserted "
-            f"({'binary COPY' if kind == 'postgresql' else 'executemany'}): {inserting:.1f} s)",
+            f"({'binary COPY' if kind == 'postgresql' else 'executemany'}): {inserting:.1f} s; "
+            f"the faster of two replays: {tuned[0]:.1f} s with the hub's collector settings, "
+            f"{untuned[0]:.1f} s with Python's)",
             flush=True,
         )
         print(f"full sync / raw limit: {full / limit:.2f}x (goal <= 2x)", flush=True)
