@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import Engine, func, select
 from campushub.models.landing import RawRecord
 from campushub.models.unified import CardTransaction, Person, Student
 from campushub.orchestration import mainjob
+from campushub.orchestration.collector import THRESHOLDS, tune_for_bulk_work
 from campushub.simulators.server import SimulatorCluster
 from tests.databases import DATABASES, fresh_database
 from tests.test_pipeline import FastHRAPI, resources_for, url_of
@@ -49,6 +51,18 @@ def test_main_job_builds_everything_and_says_so_once(
         # (other tests add students to the stand-ins this one shares)
         assert _count(engine, Student) >= simulators.settings.students
         assert _count(engine, Person) >= simulators.settings.students
+    # Its runs tuned this process's garbage collector for bulk work (orchestration/collector.py).
+    assert gc.get_threshold() == THRESHOLDS and gc.get_freeze_count() > 0
+
+
+def test_the_collector_is_tuned_once_per_process() -> None:
+    """Objects of earlier runs stay collectable: a later run freezes nothing more."""
+    tune_for_bulk_work()
+    frozen = gc.get_freeze_count()
+    made_since = [[n] for n in range(1_000)]
+    tune_for_bulk_work()
+    assert gc.get_freeze_count() == frozen and gc.get_threshold() == THRESHOLDS
+    del made_since
 
 
 def test_main_job_builds_nothing_on_a_landing_that_failed(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Connection, Row, Text, bindparam, cast, func, insert, select, text
+from sqlalchemy import JSON, Connection, Row, String, Table, Text, bindparam, cast, func, insert, select, text
 
 from campushub.models.base import utcnow
 from campushub.models.ingest import bulk_append, bulk_update, bulk_upsert, upsert
@@ -73,7 +73,9 @@ def _select_in(connection: Connection, column: Any, values: Iterable[Any], *wher
         if not distinct:
             return []
         elements = func.json_array_elements_text(cast(bindparam("values", type_=Text), JSON)).table_valued("value")
-        listed = select(cast(elements.c.value, column.type))
+        # Text as it is (a cast to varchar(n) would cut a longer value to a stored one's prefix).
+        value = elements.c.value if isinstance(column.type, String) else cast(elements.c.value, column.type)
+        listed = select(value)
         statement = select(table).where(column.in_(listed), *where)
         return list(connection.execute(statement, {"values": orjson.dumps(distinct).decode()}).all())
     rows: list[Row[Any]] = []
@@ -259,12 +261,12 @@ def _create_persons(connection: Connection, digests: list[str | None], result: R
     if connection.dialect.name != "postgresql":
         inserted = insert(Person).returning(Person.id, sort_by_parameter_order=True)
         return list(connection.execute(inserted, [{"name": "", "id_number_hash": d} for d in digests]).scalars())
-    drawn = text("SELECT nextval(pg_get_serial_sequence('person', 'id')) FROM generate_series(1, :count)")
-    ids = list(connection.execute(drawn, {"count": len(digests)}).scalars())
+    drawn = text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)")
+    ids = list(connection.execute(drawn, {"table": Person.__tablename__, "count": len(digests)}).scalars())
     now = utcnow()
     rows = [
-        {"id": i, "name": "", "id_number_hash": d, "created_at": now, "updated_at": now}
-        for i, d in zip(ids, digests, strict=True)
+        {"id": person_id, "name": "", "id_number_hash": digest, "created_at": now, "updated_at": now}
+        for person_id, digest in zip(ids, digests, strict=True)
     ]
     bulk_append(connection, Person.__table__, rows)
     return ids
@@ -272,6 +274,7 @@ def _create_persons(connection: Connection, digests: list[str | None], result: R
 
 def _apply_links(connection: Connection, links: dict[int, int | None], result: ResolveResult) -> None:
     identities = _select_in(connection, SourceIdentity.id, links)
+    now = utcnow()
     role_updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for identity in identities:
         person_id = links[identity.id]
@@ -281,7 +284,8 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
         if identity.person_id is not None and identity.person_id != person_id:
             result.touched_persons.add(identity.person_id)  # it lost a member: recompute it
         _, key = _ROLE_KEYS[identity.source]
-        role_updates[identity.source].append({key: identity.source_key, "person_id": person_id})
+        # Stamped as any write to a unified row is, so the next column checks look at it again.
+        role_updates[identity.source].append({key: identity.source_key, "person_id": person_id, "loaded_at": now})
     bulk_update(
         connection,
         SourceIdentity.__table__,
@@ -294,7 +298,7 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
 
 
 _HOLDER_KIND = {"academic": "student", "hr": "staff"}  # as a card's `link` names its holder
-_ROLE_KEYS = {  # each source's role table, and the column its source key is in
+_ROLE_KEYS: dict[str, tuple[Table, str]] = {  # each source's role table, and its source key's column
     "academic": (Student.__table__, "student_no"),
     "hr": (Staff.__table__, "staff_no"),
     "card": (CardAccount.__table__, "card_no"),
@@ -319,6 +323,7 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
         members_by_person[member.person_id].append(member)
     provenance: list[dict[str, Any]] = []
     person_updates: list[dict[str, Any]] = []
+    now = utcnow()
     for person_id in person_ids:
         members = members_by_person.get(person_id, [])
         values: dict[str, Any] = {}
@@ -344,7 +349,7 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
                 _log_disagreement(connection, person_id, name, candidates, winner, why, result)
         if not members:
             values = {column: None for column in values} | {"name": ""}  # every member left: no facts
-        person_updates.append({"id": person_id, **values, "updated_at": utcnow()})
+        person_updates.append({"id": person_id, **values, "updated_at": now})
     bulk_update(connection, Person.__table__, ("id",), person_updates)
     result.persons_updated += len(person_updates)
     bulk_upsert(connection, FieldProvenance.__table__, ("entity", "entity_id", "field"), provenance, update=True)

@@ -205,9 +205,10 @@ def bulk_upsert(
     return int(written)
 
 
-def bulk_update(connection: Connection, table: Table, key: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+def bulk_update(connection: Connection, table: Table, key: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> None:
     """UPDATE the rows of `table` named by `key` with the other values of `rows` (all with the
-    same columns, each key once), through the bulk path.
+    same columns, each key once: given twice, which one wins differs between the databases),
+    through the bulk path.
 
     PostgreSQL: COPY into a session-scoped staging table, then one UPDATE … FROM it — an
     executemany sends a statement per row, which the server plans and runs one by one (the person
@@ -218,6 +219,8 @@ def bulk_update(connection: Connection, table: Table, key: Sequence[str], rows: 
     columns, values = _bound(connection, table, rows)
     quote = connection.dialect.identifier_preparer.quote
     changed = [name for name in columns if name not in key]
+    if not changed:
+        raise ValueError(f"bulk_update of {table.name}: the rows hold nothing but their key {key}")
     if connection.dialect.name != "postgresql":
         order = [columns.index(name) for name in (*changed, *key)]
         assignments = ", ".join(f"{quote(n)} = ?" for n in changed)

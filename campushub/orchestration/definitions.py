@@ -6,8 +6,6 @@ is imported only inside the checks that run it.
 
 from __future__ import annotations
 
-import gc
-
 from dagster import AssetSelection, AutomationConditionSensorDefinition, Definitions, EnvVar, in_process_executor
 
 from campushub.orchestration.assets.raw import RAW_ASSETS
@@ -15,19 +13,6 @@ from campushub.orchestration.assets.unified import ALL_UNIFIED
 from campushub.orchestration.automation import JOBS, SCHEDULES
 from campushub.orchestration.checks import ASSET_CHECKS
 from campushub.orchestration.resources import HRAPI, AcademicAPI, CardAPI, DatabaseResource, FinanceAPI
-
-# Steps turn millions of source records into short-lived dicts and rows. At Python's default
-# thresholds the cyclic collector ran a full collection every 70,000 new objects or so, each
-# re-scanning every object in the process — a quarter of a unified load's time (grades at
-# 10,000 students: 6.8-7.1 s; 4.9 s with no collections at all). So: what is loaded before the
-# first step lives as long as the process and is frozen out of the scans, and the young
-# generation is collected every 10,000 new objects instead of 700, a full collection considered
-# every million. Steps run in the process that loads this module (`in_process_executor`, the
-# main job), so this is where it takes effect.
-GC_THRESHOLDS = (10_000, 10, 10)
-gc.collect()
-gc.freeze()
-gc.set_threshold(*GC_THRESHOLDS)
 
 RESOURCES = {
     "academic": AcademicAPI(base_url=EnvVar("CAMPUSHUB_ACADEMIC_URL"), api_key=EnvVar("CAMPUSHUB_ACADEMIC_API_KEY")),

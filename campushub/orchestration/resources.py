@@ -19,6 +19,7 @@ from campushub.connectors.finance import FinanceSource
 from campushub.connectors.hr import HRSource
 from campushub.models.engine import make_engine
 from campushub.models.migrate import upgrade
+from campushub.orchestration.collector import tune_for_bulk_work
 
 
 class SourceResource(ConfigurableResource):
@@ -78,6 +79,8 @@ class DatabaseResource(ConfigurableResource):
     _engine: Engine | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Every step that bulk-loads uses this resource: its first run tunes the process.
+        tune_for_bulk_work()
         self._engine = _engine(self.url)
 
     @property
