@@ -260,7 +260,8 @@ def _create_persons(connection: Connection, digests: list[str | None], result: R
     result.persons_created += len(digests)
     if connection.dialect.name != "postgresql":
         inserted = insert(Person).returning(Person.id, sort_by_parameter_order=True)
-        return list(connection.execute(inserted, [{"name": "", "id_number_hash": d} for d in digests]).scalars())
+        new_rows = [{"name": "", "id_number_hash": digest} for digest in digests]
+        return list(connection.execute(inserted, new_rows).scalars())
     drawn = text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :count)")
     ids = list(connection.execute(drawn, {"table": Person.__tablename__, "count": len(digests)}).scalars())
     now = utcnow()

@@ -196,13 +196,13 @@ def bulk_upsert(
         marks = ", ".join("?" for _ in columns)
         sql = f"INSERT INTO {quote(table.name)} ({names}) VALUES ({marks}) {conflict}"
         return int(connection.exec_driver_sql(sql, values).rowcount)
-    stage = _staging_table(connection, table, columns)
-    _copy(connection, stage, names, values)
-    with connection.connection.driver_connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {stage} {conflict}")
-        written = cursor.rowcount
-        cursor.execute(f"TRUNCATE {stage}")
-    return int(written)
+    return _through_stage(
+        connection,
+        table,
+        columns,
+        values,
+        lambda stage: f"INSERT INTO {quote(table.name)} ({names}) SELECT {names} FROM {stage} {conflict}",
+    )
 
 
 def bulk_update(connection: Connection, table: Table, key: tuple[str, ...], rows: Sequence[dict[str, Any]]) -> None:
@@ -228,13 +228,15 @@ def bulk_update(connection: Connection, table: Table, key: tuple[str, ...], rows
         sql = f"UPDATE {quote(table.name)} SET {assignments} WHERE {matches}"
         connection.exec_driver_sql(sql, [tuple(value[i] for i in order) for value in values])
         return
-    stage = _staging_table(connection, table, columns)
-    _copy(connection, stage, ", ".join(quote(name) for name in columns), values)
     assignments = ", ".join(f"{quote(n)} = s.{quote(n)}" for n in changed)
     matches = " AND ".join(f"t.{quote(n)} = s.{quote(n)}" for n in key)
-    with connection.connection.driver_connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {quote(table.name)} AS t SET {assignments} FROM {stage} AS s WHERE {matches}")
-        cursor.execute(f"TRUNCATE {stage}")
+    _through_stage(
+        connection,
+        table,
+        columns,
+        values,
+        lambda stage: f"UPDATE {quote(table.name)} AS t SET {assignments} FROM {stage} AS s WHERE {matches}",
+    )
 
 
 def bulk_append(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
@@ -323,6 +325,25 @@ def _column_types(connection: Connection, cursor: Any, table: str, names: str) -
         cursor.execute(f"SELECT {names} FROM {table} LIMIT 0")
         known[(table, names)] = [column.type_code for column in cursor.description]
     return known[(table, names)]
+
+
+def _through_stage(
+    connection: Connection,
+    table: Table,
+    columns: Sequence[str],
+    values: Iterable[Sequence[Any]],
+    statement: Callable[[str], str],
+) -> int:
+    """COPY `values` into `table`'s staging table for `columns`, run `statement(stage)` — the
+    write from the stage into the table — and empty the stage: the rows the statement wrote."""
+    quote = connection.dialect.identifier_preparer.quote
+    stage = _staging_table(connection, table, columns)
+    _copy(connection, stage, ", ".join(quote(name) for name in columns), values)
+    with connection.connection.driver_connection.cursor() as cursor:
+        cursor.execute(statement(stage))
+        written = cursor.rowcount
+        cursor.execute(f"TRUNCATE {stage}")
+    return int(written)
 
 
 def _staging_table(connection: Connection, table: Table, columns: Sequence[str]) -> str:

@@ -7,9 +7,9 @@ and each one re-scans every object the process holds — a quarter of a unified 
 when its first run starts: what the process holds by then (libraries, the code location) lives
 as long as the process and is frozen out of the scans, and the young generation is collected
 every 10,000 new objects instead of 700 — so a full collection is considered every million.
-Cyclic garbage the steps leave is still collected; at the university profile the sync's peak
-memory stayed where it was (788 MiB on PostgreSQL) where thresholds of 50,000 had raised it by
-220 MiB.
+Cyclic garbage the steps leave is still collected: at the university profile the sync's peak
+memory stayed as it was (758-864 MiB, against 789-870 before), where thresholds of 50,000 had
+raised it by 220 MiB.
 """
 
 from __future__ import annotations
