@@ -10,12 +10,12 @@ building 50,000 students takes many minutes.
 Prefill: the API is served as `campushub serve` serves it (uvicorn, in a separate process,
 `--workers` processes), and 32 concurrent clients fill the enrollment certificate for random
 students over real HTTP on loopback. The baseline, measured in the same run, is the same answer
-from a minimal Starlette endpoint on the same HTTP stack and settings: the same bearer-token
-check, ONE hand-written SQL statement, the same audit row written before the answer, and the
-same JSON, run where the API runs its operations (on the event loop with SQLite, on a few
-threads with PostgreSQL: `campushub.graphql.execution.Executor`) — so the ratio is what
-GraphQL and the hub's general loaders cost. Both answers are
-compared field by field on a sample, and the audit rows counted: one per request, no fewer.
+from a minimal Starlette endpoint on the same HTTP stack, served the same way: the same
+bearer-token check, ONE hand-written SQL statement, the same audit row written before the
+answer, and the same JSON, run where the API runs its operations (on the event loop:
+`campushub.graphql.execution.Executor`) — so the ratio is what GraphQL and the hub's general
+loaders cost. Both answers are compared field by field on a sample, and the audit rows
+counted: one per request, no fewer.
 
 Two kinds of load, each on both servers:
 - saturation (closed loop): each of the 32 clients sends its next request as soon as the last
@@ -72,6 +72,7 @@ from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, mint_token, verify_token
 from campushub.graphql.demo import demo_users
 from campushub.graphql.execution import Executor
+from campushub.graphql.serving import serve
 from campushub.models.engine import make_engine
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id
@@ -208,12 +209,8 @@ def api_command(port: int, workers: int) -> list[str]:
 
 
 def baseline_command(port: int, workers: int) -> list[str]:
-    """The baseline app with exactly the uvicorn settings `campushub serve` uses."""
-    return [
-        *(sys.executable, "-m", "uvicorn", "bench_api:baseline_app", "--factory"),
-        *("--app-dir", str(PROJECT / "benchmarks"), "--host", "127.0.0.1", "--port", str(port)),
-        *("--workers", str(workers), "--log-level", "warning", "--no-access-log"),
-    ]
+    """The baseline app, served as `campushub serve` serves the API (its workers, its sockets)."""
+    return [sys.executable, __file__, "--serve-baseline", str(port), "--workers", str(workers)]
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -285,8 +282,8 @@ class BaselineApp:
     def __init__(self) -> None:
         self.engine = api_engine()  # pooled as the API pools them
         self.statement = _baseline_statement()
-        # Run where the API runs its operations (the event loop on SQLite, threads on PostgreSQL).
-        self.executor = Executor.for_engine(self.engine, REQUEST_TIMEOUT_S)
+        # Run where the API runs its operations (the event loop, unless CAMPUSHUB_API_THREADS says).
+        self.executor = Executor.from_env(REQUEST_TIMEOUT_S)
 
     def answer(self, subject: str, request_id: str) -> dict[str, Any]:
         with self.engine.connect() as connection:
@@ -657,7 +654,10 @@ def main() -> None:
     parser.add_argument("--page-repeats", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--build-only", action="store_true", help="with --keep: build the layers, measure nothing")
+    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the baseline's server
     args = parser.parse_args()
+    if args.serve_baseline:
+        sys.exit(serve("127.0.0.1", args.serve_baseline, args.workers, app="bench_api:baseline_app"))
     if args.build_only and not args.keep:
         parser.error("--build-only needs --keep")
 

@@ -8,6 +8,7 @@ socket (`hub_api`: SQLite and PostgreSQL), as a client would.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -739,34 +740,52 @@ def test_the_document_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_request_past_its_deadline_is_504_and_its_statement_is_stopped(
     hub_api: ApiHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On SQLite the operation runs on the event loop, which nothing can abandon: the database
-    interrupts the request's statement at the deadline instead."""
-    if hub_api.engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL requests run on threads, abandoned at the timeout (test_executor_*)")
-    monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.0)
-    response = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
-    assert response.status_code == 504
-    (error,) = errors_of(response)
-    assert error["extensions"] == {"code": "TIMEOUT", "requestId": request_id_of(response)}
+    """Operations run on the event loop, which nothing can abandon: the database stops the
+    request's statement at the deadline instead (SQLite interrupts it, PostgreSQL cancels it)."""
+    if hub_api.engine.dialect.name == "sqlite":
+        monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.0)
+        response = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
+        assert response.status_code == 504
+        (error,) = errors_of(response)
+        assert error["extensions"] == {"code": "TIMEOUT", "requestId": request_id_of(response)}
 
-    # Another writer (the pipeline) holds SQLite's write lock: the audit insert waits for it
-    # until the deadline, not for SQLite's 30 s busy timeout, and the request is then 504.
-    import sqlite3
+    # Another writer (the pipeline) holds a lock the audit insert needs: the insert waits for it
+    # until the deadline — not for SQLite's 30 s busy timeout, nor for ever on PostgreSQL — and
+    # the request is then 504, its statement stopped: it writes nothing once the lock is gone.
     import time
 
     monkeypatch.setattr(app_module, "REQUEST_TIMEOUT_S", 0.5)
-    pipeline = sqlite3.connect(str(hub_api.engine.url.database), isolation_level=None)
-    try:
-        pipeline.execute("BEGIN IMMEDIATE")
+    with _another_writer_holding_the_audit_log(hub_api):
         started = time.monotonic()
         locked_out = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
         waited = time.monotonic() - started
-    finally:
-        pipeline.execute("ROLLBACK")
-        pipeline.close()
     assert locked_out.status_code == 504 and waited < 5
+    (error,) = errors_of(locked_out)
+    assert error["extensions"] == {"code": "TIMEOUT", "requestId": request_id_of(locked_out)}
     monkeypatch.undo()
     assert post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api)).status_code == 200
+    with hub_api.engine.connect() as connection:
+        written = select(func.count()).where(AuditEntry.request_id == request_id_of(locked_out))
+        assert connection.execute(written).scalar_one() == 0
+
+
+@contextlib.contextmanager
+def _another_writer_holding_the_audit_log(hub: ApiHub) -> Iterator[None]:
+    if hub.engine.dialect.name == "sqlite":
+        import sqlite3
+
+        pipeline = sqlite3.connect(str(hub.engine.url.database), isolation_level=None)
+        try:
+            pipeline.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            pipeline.execute("ROLLBACK")
+            pipeline.close()
+        return
+    with hub.engine.connect() as pipeline:
+        pipeline.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))  # inserts wait; reads do not
+        yield
+        pipeline.rollback()
 
 
 def test_a_query_outlives_its_pooled_connections_being_closed(hub_api: ApiHub) -> None:

@@ -21,13 +21,12 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from graphql import (
     DocumentNode,
     ExecutionResult,
@@ -41,7 +40,7 @@ from graphql import (
     validate,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -52,11 +51,12 @@ from starlette.routing import BaseRoute, Route
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
+from campushub.graphql.deadlines import deadline, past_deadline
 from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import BUSY_TIMEOUT_MS, connection_lost, make_engine, once_more_if_disconnected
+from campushub.models.engine import connection_lost, make_engine, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")
 
@@ -65,8 +65,6 @@ JSON = "application/json"
 DOCUMENT_CACHE_SIZE = 1024
 MAX_BODY_BYTES = 100_000
 REQUEST_TIMEOUT_S = float(os.environ.get("CAMPUSHUB_API_TIMEOUT_S", "10"))
-# SQLite checks a request's deadline every this many virtual-machine instructions.
-DEADLINE_CHECK_STEPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +219,7 @@ class GraphQLApp:
         self.schema = schema
         self.documents = DocumentCache(schema, settings)
         PlainLeafExecution.plain = plain_leaves(schema)
-        self.executor = Executor.for_engine(engine, REQUEST_TIMEOUT_S)
+        self.executor = Executor.from_env(REQUEST_TIMEOUT_S)
         sqlite_file = engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
         self._sqlite_writes: contextlib.AbstractContextManager[Any] = (
             SQLiteWriters(str(engine.url.database)) if sqlite_file else contextlib.nullcontext()
@@ -250,7 +248,7 @@ class GraphQLApp:
         query: bool,
     ) -> dict[str, Any]:
         audit = AuditTrail(request_id, principal.subject, principal.role)
-        with self.engine.connect() as connection, _deadline(connection, REQUEST_TIMEOUT_S):
+        with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S):
             if query:
                 # A query writes nothing but its audit rows, in one atomic statement: it needs no
                 # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
@@ -272,7 +270,7 @@ class GraphQLApp:
                 if query and lost:  # the database failed, not the query: raised as if uncaught
                     raise lost[0]
                 connection.rollback()  # a mutation that failed half-way leaves nothing
-                if any(_past_deadline(error.original_error) for error in result.errors):
+                if any(past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
             # No read without its audit row: written (and committed with any mutation) first.
             try:
@@ -280,7 +278,7 @@ class GraphQLApp:
                     audit.write(connection)
                     connection.commit()
             except DBAPIError as error:
-                if _past_deadline(error):  # the deadline passed, waiting for another writer or writing
+                if past_deadline(error):  # the deadline passed, waiting for another writer or writing
                     raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
                 raise
         if self._checkpoints is not None:
@@ -331,7 +329,7 @@ class GraphQLApp:
         if prepared.document is None:
             status = 400 if media_type == GRAPHQL_RESPONSE else 200
             errors = [self._error(error, request_id) for error in prepared.errors]
-            return JSONResponse({"errors": errors}, status, headers, media_type=media_type)
+            return GraphQLResponse({"errors": errors}, status, headers, media_type=media_type)
         operation = _operation(prepared.document, operation_name)
         if operation is None:
             return _plain_error(400, "operationName: no such operation in the document", request_id, media_type)
@@ -348,49 +346,31 @@ class GraphQLApp:
         except Exception:
             log.exception("request %s failed", request_id)
             return _plain_error(500, "internal error", request_id, media_type)
-        return JSONResponse(body, 200, headers, media_type=media_type)
-
-
-@contextlib.contextmanager
-def _deadline(connection: Connection, seconds: float) -> Iterator[None]:
-    """On SQLite, a statement of this request running past its deadline is interrupted: an
-    operation running on the event loop cannot be abandoned as a thread's can. (PostgreSQL
-    requests run on threads, abandoned at the timeout; made to run on the event loop there
-    with CAMPUSHUB_API_THREADS=0, they have no deadline but a `statement_timeout` the server
-    may set.)"""
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    driver = connection.connection.driver_connection
-    deadline = time.monotonic() + seconds
-    driver.set_progress_handler(lambda: time.monotonic() > deadline, DEADLINE_CHECK_STEPS)
-    # Waiting for another writer (the pipeline's transaction: SQLite has one writer at a time)
-    # is not statement work the handler sees: that wait is bounded by the deadline too.
-    driver.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
-    try:
-        yield
-    finally:
-        driver.set_progress_handler(None, 0)
-        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-
-def _past_deadline(error: BaseException | None) -> bool:
-    """Stopped at the deadline: interrupted mid-statement, or still locked out when it came."""
-    if not isinstance(error, DBAPIError):
-        return False
-    return "interrupted" in str(error.orig) or "database is locked" in str(error.orig)
+        return GraphQLResponse(body, 200, headers, media_type=media_type)
 
 
 # Every method reaches the handler, which refuses all but GET and POST itself (with a request id).
 GRAPHQL_ROUTE_METHODS = ("GET", "POST", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
+class GraphQLResponse(JSONResponse):
+    """An answer rendered by orjson, at a fraction of the standard library's cost (a prefill's
+    answer is sixty small fields); the standard library takes what orjson refuses (integers
+    beyond 64 bits)."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            return super().render(content)
+
+
 def _plain_error(
     status: int, message: str, request_id: str, media_type: str = JSON, headers: dict[str, str] | None = None
-) -> JSONResponse:
+) -> GraphQLResponse:
     code = {401: "UNAUTHENTICATED", 504: "TIMEOUT", 500: "INTERNAL"}.get(status, "BAD_REQUEST")
     body = {"errors": [{"message": message, "extensions": {"code": code, "requestId": request_id}}]}
-    return JSONResponse(body, status, {"X-Request-ID": request_id, **(headers or {})}, media_type=media_type)
+    return GraphQLResponse(body, status, {"X-Request-ID": request_id, **(headers or {})}, media_type=media_type)
 
 
 GRAPHIQL = """<!doctype html>

@@ -19,7 +19,8 @@ from campushub.models.service import AuditEntry
 ALLOWED, DENIED = "allowed", "denied"
 # 10 bound values a row: well under SQLite's and PostgreSQL's limits on one statement's parameters.
 ROWS_PER_STATEMENT = 1_000
-_INSERT = insert(AuditEntry)
+# Nothing is read back: without `inline()` PostgreSQL would return each new row's id.
+_INSERT = insert(AuditEntry).inline()
 
 
 @dataclass
@@ -70,4 +71,4 @@ class AuditTrail:
             connection.execute(_INSERT, rows[0])
             return
         for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            connection.execute(insert(AuditEntry).values(rows[start : start + ROWS_PER_STATEMENT]))
+            connection.execute(_INSERT.values(rows[start : start + ROWS_PER_STATEMENT]))

@@ -63,7 +63,9 @@ class _VerifiedTokens:
     (the key set of the SSO is itself cached for an hour, so no key change is missed that a
     fresh decode would see)."""
 
-    size = 4096
+    # Signed-in people at once, per API worker: a busy hour of the service hall. An entry is
+    # about 700 bytes (the token and the principal), so at most about 11 MB a worker.
+    size = 16_384
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

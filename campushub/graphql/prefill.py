@@ -41,6 +41,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     null,
+    or_,
     select,
     tuple_,
     union_all,
@@ -497,18 +498,19 @@ def _quality_notes(
     # A newer version of the record was refused: what is served may be out of date.
     keys: dict[tuple[str, str, str], tuple[int, str]] = {}
     for person_id, found in records.items():
-        if found.student is not None:
-            keys["academic", "students", found.student["student_no"]] = (person_id, "student")
-        if found.staff is not None:
-            keys["hr", "staff", found.staff["staff_no"]] = (person_id, "staff")
-        if found.card is not None:
-            keys["card", "card_accounts", found.card["card_no"]] = (person_id, "card")
-
+        for entity, (source, stream, key_column) in QUARANTINE_STREAMS.items():
+            row = getattr(found, entity)
+            if row is not None:
+                keys[source, stream, row[key_column]] = (person_id, entity)
+    one = len(records) == 1
     parameters = _people(list(records))
-    if keys:
+    if one:  # a parameter per entity (`_quarantined_keys`)
+        parameters |= dict.fromkeys((f"{entity}_key" for entity in QUARANTINE_STREAMS), None)
+        parameters |= {f"{entity}_key": key for (_, _, key), (_, entity) in keys.items()}
+    elif keys:
         parameters["keys"] = list(keys)
     last_sync: dict[str, dt.datetime | None] = {}
-    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys), len(records) == 1), parameters):
+    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys), one), parameters):
         if what == "sync":
             last_sync[a] = at
         elif what == "conflict":
@@ -557,14 +559,36 @@ def _quality_statement(with_keys: bool, one: bool) -> CompoundSelect:
                 QuarantinedRecord.stream,
                 QuarantinedRecord.source_key,
                 null(),
-            ).where(
-                tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key).in_(
-                    bindparam("keys", expanding=True)
-                ),
-                QuarantinedRecord.resolved_at.is_(None),
-            )
+            ).where(_quarantined_keys(one), QuarantinedRecord.resolved_at.is_(None))
         )
     return union_all(*parts)
+
+
+# Where a newer version of an entity's record waits when refused: source, stream, key column.
+QUARANTINE_STREAMS = {
+    "student": ("academic", "students", "student_no"),
+    "staff": ("hr", "staff", "staff_no"),
+    "card": ("card", "card_accounts", "card_no"),
+}
+
+
+def _quarantined_keys(one: bool) -> Any:
+    """Quarantined records of these people's rows. One person's are a parameter per entity (NULL,
+    matching nothing, where they have no such row), so the statement stays the same on every
+    call: an expanding list of keys is rendered into the SQL afresh on each execution."""
+    if one:
+        return or_(
+            *(
+                and_(
+                    QuarantinedRecord.source == source,
+                    QuarantinedRecord.stream == stream,
+                    QuarantinedRecord.source_key == bindparam(f"{entity}_key", type_=String),
+                )
+                for entity, (source, stream, _) in QUARANTINE_STREAMS.items()
+            )
+        )
+    columns = tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key)
+    return columns.in_(bindparam("keys", expanding=True))
 
 
 def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
@@ -695,7 +719,9 @@ def load_own(
         return None
     ((person_id, found),) = records.items()
     if with_student:
-        students = [_own_student(row) for row in rows if row[_OWN_STUDENT_PREFIX + "id"] is not None]
+        # A row per provenance field repeats each student row: each is read once.
+        own_rows = {row[_OWN_STUDENT_PREFIX + "id"]: row for row in rows}
+        students = [_own_student(row) for student_id, row in own_rows.items() if student_id is not None]
         found.student = max(students, key=_preferred_student, default=None)
     _load_rest(connection, records, entities, True, now, students_loaded=with_student)
     return person_id, found

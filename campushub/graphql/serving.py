@@ -28,21 +28,22 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(host: str, port: int) -> None:
+def _worker(app: str, host: str, port: int) -> None:
     import uvicorn
 
-    config = uvicorn.Config(APP, factory=True, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, factory=True, log_level="warning", access_log=False)
     uvicorn.Server(config).run(sockets=[_listening_socket(host, port)])
 
 
-def serve(host: str, port: int, workers: int) -> int:
+def serve(host: str, port: int, workers: int, app: str = APP) -> int:
+    """Serve the ASGI app that the factory `app` ("module:function") makes, until SIGTERM."""
     if workers <= 1 or not hasattr(socket, "SO_REUSEPORT"):
         import uvicorn
 
-        uvicorn.run(APP, factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False)
+        uvicorn.run(app, factory=True, host=host, port=port, workers=workers, log_level="warning", access_log=False)
         return 0
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(host, port), name=f"api-{n}") for n in range(workers)]
+    processes = [context.Process(target=_worker, args=(app, host, port), name=f"api-{n}") for n in range(workers)]
     for process in processes:
         process.start()
 

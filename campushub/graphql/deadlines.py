@@ -1,0 +1,112 @@
+"""A request's deadline, enforced by the database on the statements the request sends.
+
+Operations run on the event loop (`execution.Executor`), where nothing can abandon them half-way
+as a thread's run can be: at the deadline the database stops the statement running instead, and
+the request is answered 504.
+
+- SQLite: a progress handler interrupts the statement, and a wait for another writer (the
+  pipeline: SQLite has one writer at a time) gives up at the deadline too;
+- PostgreSQL: a watchdog thread sends a cancel request for a statement still running past its
+  request's deadline — also one waiting on a lock. Setting `statement_timeout` per request would
+  cost a round trip each, a third of a prefill's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from campushub.models.engine import BUSY_TIMEOUT_MS
+
+log = logging.getLogger("campushub.api")
+
+# SQLite checks a request's deadline every this many virtual-machine instructions.
+DEADLINE_CHECK_STEPS = 100
+# How often the PostgreSQL watchdog looks for statements past their deadline: a request may
+# overrun its deadline by this much.
+WATCH_INTERVAL_S = 0.05
+CANCEL_TIMEOUT_S = 2.0
+QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a cancelled statement (and statement_timeout)
+
+
+class StatementWatchdog:
+    """Cancels the statements of watched PostgreSQL connections past their deadline.
+
+    One daemon thread per process, started on first use, waking every `WATCH_INTERVAL_S`. It
+    cancels while holding the lock that `watching` takes to unwatch a connection, so a cancel
+    can never reach the connection once it is back in the pool, running another request's
+    statement. A request that goes on past its deadline (more statements) is cancelled again at
+    each wake-up until it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, Any]] = {}  # id -> (deadline, psycopg connection)
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watching(self, driver_connection: Any, seconds: float) -> Iterator[None]:
+        key = id(driver_connection)
+        with self._lock:
+            self._watched[key] = (time.monotonic() + seconds, driver_connection)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="statement-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._watched[key]
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            with self._lock:
+                for deadline, driver_connection in self._watched.values():
+                    if now > deadline:
+                        try:
+                            driver_connection.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+                        except Exception:  # the statement then runs on: logged, the watchdog lives
+                            log.exception("could not cancel a statement past its deadline")
+
+
+_WATCHDOG = StatementWatchdog()
+
+
+@contextlib.contextmanager
+def deadline(connection: Connection, seconds: float) -> Iterator[None]:
+    """The statements `connection` sends within the block are stopped `seconds` from now."""
+    driver = connection.connection.driver_connection
+    if connection.dialect.name == "postgresql":
+        with _WATCHDOG.watching(driver, seconds):
+            yield
+        return
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    at = time.monotonic() + seconds
+    driver.set_progress_handler(lambda: time.monotonic() > at, DEADLINE_CHECK_STEPS)
+    # Waiting for another writer is not statement work the handler sees: bounded by the deadline too.
+    driver.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+    try:
+        yield
+    finally:
+        driver.set_progress_handler(None, 0)
+        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+
+def past_deadline(error: BaseException | None) -> bool:
+    """Stopped at the deadline: interrupted or cancelled mid-statement, or still locked out when
+    it came."""
+    if not isinstance(error, DBAPIError):
+        return False
+    if getattr(error.orig, "sqlstate", None) == QUERY_CANCELED:
+        return True
+    return "interrupted" in str(error.orig) or "database is locked" in str(error.orig)
