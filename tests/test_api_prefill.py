@@ -368,8 +368,9 @@ def test_prefill_releases_and_audits_only_the_declared_fields(hub_api: ApiHub, f
 
 def test_a_prefill_of_ones_own_record_costs_three_statements(hub_api: ApiHub) -> None:
     """Each statement is a round trip, and a request's own cost on PostgreSQL: who the caller
-    is comes with their golden record, its provenance and their student rows; then the quality
-    facts (conflicts, quarantine, last syncs) in one union; then the audit insert."""
+    is comes with their golden record and their student rows; then the facts about them in one
+    union of narrow rows (each golden field's provenance, conflicts, quarantine, last syncs);
+    then the audit insert."""
     form = catalog()["enrollment_certificate"]
     api = hub_api.as_principal(user_for(hub_api, form))
     statements: list[str] = []
@@ -384,7 +385,8 @@ def test_a_prefill_of_ones_own_record_costs_three_statements(hub_api: ApiHub) ->
         event.remove(hub_api.engine, "before_cursor_execute", count)
     assert all(field["quality"] != "MISSING" for field in answer["data"]["prefill"]["fields"][:3])
     assert len(statements) == 3, statements
-    assert all(table in statements[0] for table in ("field_provenance", "own_student", "class_group"))
+    assert all(table in statements[0] for table in ("person", "own_student", "class_group"))
+    assert all(table in statements[1] for table in ("field_provenance", "conflict", "quarantine", "sync_state"))
     assert statements[-1].startswith("INSERT INTO audit_log")
 
 

@@ -102,7 +102,7 @@ class Records:
     bills: list[RowMapping] = field(default_factory=list)
     last_payment_at: dt.datetime | None = None
     grades: RowMapping | None = None
-    provenance: dict[str, RowMapping] = field(default_factory=dict)
+    provenance: dict[str, Mapping[str, Any]] = field(default_factory=dict)  # field -> source, source_key, as_of
     notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # entity -> notes
     show_full_id_number: bool = False
 
@@ -487,14 +487,16 @@ def _grade_summaries_statement(one: bool) -> Select[Any]:
     )
 
 
-def _quality_notes(
+def _read_facts(
     connection: Connection, records: dict[int, Records], now: dt.datetime, entities: frozenset[str]
 ) -> None:
-    """Flag what should not be served as plain fact.
+    """Each golden field's provenance, and what should not be served as plain fact.
 
-    The facts that live outside the person's own rows — open identity conflicts, newer versions
-    refused into quarantine, each source's last complete sync — are read in one statement: a
-    prefill is a handful of round trips, and each one costs as much as the work it carries."""
+    The facts that live outside the person's own rows — where each golden field came from, open
+    identity conflicts, newer versions refused into quarantine, each source's last complete
+    sync — are read in one statement of narrow rows: a prefill is a handful of round trips, and
+    each one costs as much as the work it carries. (Provenance joined to the golden record
+    repeated its every column for each of its fields.)"""
     # A newer version of the record was refused: what is served may be out of date.
     keys: dict[tuple[str, str, str], tuple[int, str]] = {}
     for person_id, found in records.items():
@@ -510,8 +512,11 @@ def _quality_notes(
     elif keys:
         parameters["keys"] = list(keys)
     last_sync: dict[str, dt.datetime | None] = {}
-    for what, a, b, c, at in connection.execute(_quality_statement(bool(keys), one), parameters):
-        if what == "sync":
+    statement = _facts_statement(bool(keys), one, "person" in entities)
+    for what, a, b, c, d, at in connection.execute(statement, parameters):
+        if what == "provenance":
+            records[int(a)].provenance[b] = {"source": c, "source_key": d, "as_of": at}
+        elif what == "sync":
             last_sync[a] = at
         elif what == "conflict":
             records[int(a)].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
@@ -535,8 +540,8 @@ def _quality_notes(
 
 
 @cache
-def _quality_statement(with_keys: bool, one: bool) -> CompoundSelect:
-    """One row shape for all three: (what, a, b, c, at). The sync branch comes first, so that its
+def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> CompoundSelect:
+    """One row shape for all: (what, a, b, c, d, at). The sync branch comes first, so that its
     `at` column decides how the union's instants are read."""
     parts: list[Select[Any]] = [
         select(
@@ -544,11 +549,12 @@ def _quality_statement(with_keys: bool, one: bool) -> CompoundSelect:
             SyncState.source.label("a"),
             null().label("b"),
             null().label("c"),
+            null().label("d"),
             func.min(SyncState.last_success_at).label("at"),
         ).group_by(SyncState.source),
-        select(literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null()).where(
-            _among_people(Conflict.person_id, one), Conflict.status == "open"
-        ),
+        select(
+            literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()
+        ).where(_among_people(Conflict.person_id, one), Conflict.status == "open"),
         *_unlinked_conflicts(one),
     ]
     if with_keys:
@@ -559,7 +565,20 @@ def _quality_statement(with_keys: bool, one: bool) -> CompoundSelect:
                 QuarantinedRecord.stream,
                 QuarantinedRecord.source_key,
                 null(),
+                null(),
             ).where(_quarantined_keys(one), QuarantinedRecord.resolved_at.is_(None))
+        )
+    if with_provenance:
+        provenance = FieldProvenance.__table__
+        parts.append(
+            select(
+                literal_column("'provenance'"),
+                cast(provenance.c.entity_id, String),
+                provenance.c.field,
+                provenance.c.source,
+                provenance.c.source_key,
+                provenance.c.as_of,
+            ).where(provenance.c.entity == "person", _among_people(provenance.c.entity_id, one))
         )
     return union_all(*parts)
 
@@ -598,7 +617,7 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
     claims (`card:<card no>`, a card whose name is not its holder's)."""
     unlinked = (Conflict.status == "open", Conflict.person_id.is_(None))
     same_id = (
-        select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null())
+        select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null(), null())
         .join(Person, Conflict.subject == literal("id:", String) + func.substr(Person.id_number_hash, 1, 16))
         .where(_among_people(Person.id, one), *unlinked)
     )
@@ -609,7 +628,7 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
         select(Staff.person_id, literal("staff", String), Staff.staff_no).where(_among_people(Staff.person_id, one)),
     ).subquery()
     card_claimed = (
-        select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null())
+        select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null(), null())
         .select_from(Conflict)
         .join(CardAccount, Conflict.subject == literal("card:", String) + CardAccount.card_no)
         .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
@@ -659,9 +678,7 @@ _OWN_STUDENT_PREFIX = "own_student__"
 
 
 @cache
-def _persons_statement(
-    with_provenance: bool, one: bool, own: str | None = None, with_student: bool = False
-) -> Select[Any]:
+def _persons_statement(one: bool, own: str | None = None, with_student: bool = False) -> Select[Any]:
     """The people's golden records. With `own` ("student" or "staff"), the caller's own, found
     by the key their token names — and `with_student`, their student rows too — in the same
     statement: every round trip saved counts in a request about oneself."""
@@ -675,14 +692,7 @@ def _persons_statement(
         columns = [column.label(_OWN_STUDENT_PREFIX + column.name) for column in student.c]
         current = and_(student.c.person_id == Person.id, student.c.deleted_at.is_(None))
         persons = _with_student_names(persons.add_columns(*columns).outerjoin(student, current), student)
-    if not with_provenance:
-        return persons
-    # With each golden field's provenance, in the same statement: a row per field, each
-    # carrying the person's columns and `field`, `source`, `source_key` and `as_of`.
-    provenance = FieldProvenance.__table__
-    return persons.add_columns(
-        provenance.c.field, provenance.c.source, provenance.c.source_key, provenance.c.as_of
-    ).outerjoin(provenance, (provenance.c.entity == "person") & (provenance.c.entity_id == Person.id))
+    return persons
 
 
 def load_subjects(
@@ -699,7 +709,7 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    persons = _persons_statement("person" in entities and with_quality, len(ids) == 1)
+    persons = _persons_statement(len(ids) == 1)
     _take_persons(records, connection.execute(persons, _people(ids)).mappings())
     _load_rest(connection, records, entities, with_quality, now)
     return records
@@ -711,7 +721,7 @@ def load_own(
     """The caller's own records, as `load_subjects` loads them, found by the 学号 (`anchor`
     "student") or 工号 ("staff") their token names; None when no golden record links to it."""
     with_student = "student" in entities
-    statement = _persons_statement("person" in entities, True, anchor, with_student)
+    statement = _persons_statement(True, anchor, with_student)
     rows = connection.execute(statement, {"own_key": key}).mappings().all()
     records: dict[int, Records] = {}
     _take_persons(records, rows)
@@ -719,9 +729,7 @@ def load_own(
         return None
     ((person_id, found),) = records.items()
     if with_student:
-        # A row per provenance field repeats each student row: each is read once.
-        own_rows = {row[_OWN_STUDENT_PREFIX + "id"]: row for row in rows}
-        students = [_own_student(row) for student_id, row in own_rows.items() if student_id is not None]
+        students = [_own_student(row) for row in rows if row[_OWN_STUDENT_PREFIX + "id"] is not None]
         found.student = max(students, key=_preferred_student, default=None)
     _load_rest(connection, records, entities, True, now, students_loaded=with_student)
     return person_id, found
@@ -734,12 +742,10 @@ def _own_student(row: RowMapping) -> dict[str, Any]:
 
 
 def _take_persons(records: dict[int, Records], rows: Iterable[RowMapping]) -> None:
-    for row in rows:
+    for row in rows:  # a person with several student rows comes once with each (load_own)
         found = records.setdefault(row["id"], Records())
         if found.person is None:
             found.person = row
-        if row.get("field") is not None:
-            found.provenance[row["field"]] = row
 
 
 def _load_rest(
@@ -773,7 +779,7 @@ def _load_rest(
         for summary in connection.execute(_grade_summaries_statement(len(numbers) == 1), students).mappings():
             by_student_no[summary["student_no"]].grades = summary
     if with_quality:
-        _quality_notes(connection, records, now or dt.datetime.now(dt.UTC), entities)
+        _read_facts(connection, records, now or dt.datetime.now(dt.UTC), entities)
 
 
 def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
