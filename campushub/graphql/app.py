@@ -276,7 +276,8 @@ class GraphQLApp:
             try:
                 with self._sqlite_writes:
                     audit.write(connection)
-                    connection.commit()
+                    if not query:  # a query's insert committed as it ran (autocommit)
+                        connection.commit()
             except DBAPIError as error:
                 if past_deadline(error):  # the deadline passed, waiting for another writer or writing
                     raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error

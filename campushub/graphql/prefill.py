@@ -513,7 +513,7 @@ def _read_facts(
         parameters["keys"] = list(keys)
     last_sync: dict[str, dt.datetime | None] = {}
     statement = _facts_statement(bool(keys), one, "person" in entities)
-    for what, a, b, c, d, at in connection.execute(statement, parameters):
+    for what, a, b, c, d, at in connection.execute(statement, parameters).all():  # one fetch, not one a row
         if what == "provenance":
             records[int(a)].provenance[b] = {"source": c, "source_key": d, "as_of": at}
         elif what == "sync":

@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import threading
 import time
+from functools import cache
 from typing import Any
 
 import graphene
@@ -84,6 +85,7 @@ class Form(graphene.ObjectType):
     fields = graphene.List(graphene.NonNull(FormFieldSpec), required=True)
 
     @staticmethod
+    @cache  # the catalog is fixed: one answer object per form, read by every request
     def of(form: FormSpec) -> Form:
         return Form(
             id=form.id,
