@@ -472,9 +472,11 @@ def test_a_failure_outside_the_resolvers_is_500_with_a_request_id(
             "INSERT INTO audit_entry VALUES (...)", {}, Exception("/work/campushub/graphql/audit.py")
         )
 
-    # No answer leaves without its audit rows: when they cannot be written, the answer is withheld.
+    # No answer leaves without its audit rows: when they cannot be written, the answer is withheld
+    # (a query's are written with those of the queries beside it, a mutation's with it).
+    monkeypatch.setattr(app_module, "write_rows", cannot_write)
     monkeypatch.setattr(AuditTrail, "write", cannot_write)
-    response = post(hub_api.url, {"query": ME}, student_headers(hub_api))
+    response = post(hub_api.url, {"query": PREFILL_CERTIFICATE}, student_headers(hub_api))
     assert response.status_code == 500
     (error,) = errors_of(response)
     assert error["message"] == "internal error"
@@ -840,6 +842,40 @@ def test_executor_runs_inline_or_abandons_a_thread_at_the_timeout() -> None:
     assert asyncio.run(Executor(0, 0.01).run(sum, [1, 2, 3])) == 6
     assert asyncio.run(waited_for_a_slow_call(Executor(2, 0.05))) < 0.3  # the thread runs out alone
     assert asyncio.run(Executor(2, 1.0).run(sum, [1, 2])) == 3
+
+
+def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
+    import asyncio
+
+    from campushub.graphql.audit import TurnWriter
+
+    writes: list[list[dict]] = []
+
+    def write(rows: list[dict]) -> None:
+        if any(row.get("fail") for row in rows):
+            raise RuntimeError("the database refused the insert")
+        writes.append(rows)
+
+    writer = TurnWriter(write)
+
+    async def request(n: int, rows: int = 1, fail: bool = False) -> str:
+        await writer.write([{"request": n, "fail": fail}] * rows)
+        return f"answer {n}"
+
+    async def turns() -> list[Any]:
+        together = await asyncio.gather(request(1), request(2, rows=2), request(3))
+        alone = await request(4)
+        failed = await asyncio.gather(request(5), request(6, fail=True), return_exceptions=True)
+        return [*together, alone, *failed]
+
+    answers = asyncio.run(turns())
+    assert answers[:4] == ["answer 1", "answer 2", "answer 3", "answer 4"]
+    # Each answer waited for its rows; rows of the requests that were ready together went at once.
+    assert [[row["request"] for row in rows] for rows in writes] == [[1, 2, 2, 3], [4]]
+    # A write that fails withholds every answer that waited on it.
+    assert all(isinstance(answer, RuntimeError) for answer in answers[4:])
+    # A later event loop (a test's, a restarted worker's) gets its own writes.
+    assert asyncio.run(request(7)) == "answer 7" and writes[-1] == [{"request": 7, "fail": False}]
 
 
 def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp_path: Any) -> None:

@@ -17,13 +17,16 @@ GraphiQL is served at `GET /graphql` (text/html) in development mode only.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import orjson
@@ -48,7 +51,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from campushub.graphql.audit import AuditTrail
+from campushub.graphql.audit import AuditTrail, TurnWriter, write_rows
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
 from campushub.graphql.deadlines import deadline, past_deadline
@@ -225,10 +228,12 @@ class GraphQLApp:
             SQLiteWriters(str(engine.url.database)) if sqlite_file else contextlib.nullcontext()
         )
         self._checkpoints = Checkpoints(engine) if sqlite_file else None
+        self._query_audit = TurnWriter(self._write_audit_rows)
 
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[dict]]:
+        """The answer, and the audit rows still to be written before it may leave."""
         operation = _operation(document, name)
         if operation is None or operation.operation != OperationType.QUERY:
             # Not retried: a mutation's commit may have happened before its connection was lost.
@@ -246,14 +251,13 @@ class GraphQLApp:
         variables: dict | None,
         name: str | None,
         query: bool,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], list[dict]]:
         audit = AuditTrail(request_id, principal.subject, principal.role)
         with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S):
             if query:
-                # A query writes nothing but its audit rows, in one atomic statement: it needs no
-                # transaction (under READ COMMITTED each statement reads its own snapshot anyway).
-                # None spares PostgreSQL the BEGIN and COMMIT round trips, and SQLite a write lock
-                # held from the INSERT until a later COMMIT call.
+                # A query only reads here (its audit rows are written apart): it needs no
+                # transaction (under READ COMMITTED each statement reads its own snapshot anyway),
+                # and none spares PostgreSQL the BEGIN and COMMIT round trips.
                 connection.execution_options(isolation_level="AUTOCOMMIT")
             context = RequestContext(principal, connection, audit, request_id, self.settings.development)
             result = execute(
@@ -272,19 +276,37 @@ class GraphQLApp:
                 connection.rollback()  # a mutation that failed half-way leaves nothing
                 if any(past_deadline(error.original_error) for error in result.errors):
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
-            # No read without its audit row: written (and committed with any mutation) first.
-            try:
-                with self._sqlite_writes:
-                    audit.write(connection)
-                    if not query:  # a query's insert committed as it ran (autocommit)
-                        connection.commit()
-            except DBAPIError as error:
-                if past_deadline(error):  # the deadline passed, waiting for another writer or writing
-                    raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
-                raise
+            if query:  # its rows go with those of the queries beside it (`TurnWriter`)
+                return self._body(result, request_id), audit.rows(dt.datetime.now(dt.UTC))
+
+            def with_the_mutation() -> None:  # no read without its audit row: committed together
+                audit.write(connection)
+                connection.commit()
+
+            self._write_audit(with_the_mutation)
+        return self._body(result, request_id), []
+
+    def _write_audit_rows(self, rows: list[dict]) -> None:
+        """The audit rows of queries, on a connection of their own (autocommit: the INSERT is
+        atomic on its own); once more on a fresh one if the pooled one was lost."""
+
+        def insert() -> None:
+            with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S):
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                write_rows(connection, rows)
+
+        self._write_audit(partial(once_more_if_disconnected, insert))
+
+    def _write_audit(self, write: Callable[[], Any]) -> None:
+        try:
+            with self._sqlite_writes:
+                write()
+        except DBAPIError as error:
+            if past_deadline(error):  # the deadline passed, waiting for another writer or writing
+                raise TimeoutError(f"audit rows not written within {REQUEST_TIMEOUT_S} s") from error
+            raise
         if self._checkpoints is not None:
             self._checkpoints.wrote()
-        return self._body(result, request_id)
 
     def _body(self, result: ExecutionResult, request_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {"data": result.data}
@@ -338,9 +360,11 @@ class GraphQLApp:
             return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
 
         try:
-            body = await self.executor.run(
+            body, unwritten = await self.executor.run(
                 self._run, principal, request_id, prepared.document, variables, operation_name
             )
+            if unwritten:  # no read without its audit row
+                await self._query_audit.write(unwritten)
         except TimeoutError:
             log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
             return _plain_error(504, "the request took too long", request_id, media_type)

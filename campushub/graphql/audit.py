@@ -8,8 +8,10 @@ no read without its audit row.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, insert
@@ -62,13 +64,56 @@ class AuditTrail:
         ]
 
     def write(self, connection: Connection) -> None:
-        """The rows as one multi-row INSERT (per chunk): a single statement is atomic even on an
-        autocommit connection, and on SQLite it holds the write lock only while SQLite itself
-        runs — not across Python code waiting for the GIL, as BEGIN … COMMIT in separate calls
-        would, stalling the other API workers' audit writes."""
-        rows = self.rows(dt.datetime.now(dt.UTC))
-        if len(rows) == 1:  # the common case (a form, one person): a statement built once
-            connection.execute(_INSERT, rows[0])
-            return
-        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-            connection.execute(_INSERT.values(rows[start : start + ROWS_PER_STATEMENT]))
+        write_rows(connection, self.rows(dt.datetime.now(dt.UTC)))
+
+
+def write_rows(connection: Connection, rows: list[dict]) -> None:
+    """The rows as one multi-row INSERT (per chunk): a single statement is atomic even on an
+    autocommit connection, and on SQLite it holds the write lock only while SQLite itself runs
+    — not across Python code waiting for the GIL, as BEGIN … COMMIT in separate calls would,
+    stalling the other API workers' audit writes."""
+    if len(rows) == 1:  # one request about one person: a statement built once
+        connection.execute(_INSERT, rows[0])
+        return
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        connection.execute(_INSERT.values(rows[start : start + ROWS_PER_STATEMENT]))
+
+
+class TurnWriter:
+    """Writes the audit rows of the queries a worker answers in one turn of its event loop with
+    one INSERT, before any of their answers leaves.
+
+    Operations run on the event loop, one after another; the requests that arrived together —
+    ready in the same turn — each run theirs and queue their rows, and the first to queue one
+    schedules the write after them all. Each answer still waits for its rows to be committed
+    (no read without its audit row), now with the rows of the requests beside it: one statement
+    and one commit, its wait for the write-ahead log's flush included, where each request had
+    its own. The busier the worker, the more requests share a write."""
+
+    def __init__(self, write: Callable[[list[dict]], None]) -> None:
+        self._write = write
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[tuple[list[dict], asyncio.Future[None]]] = []
+
+    async def write(self, rows: list[dict]) -> None:
+        """Returns once `rows` are committed; raises what their write raised."""
+        loop = asyncio.get_running_loop()
+        if not self._pending or self._loop is not loop:  # (a closed loop's queue is dropped with it)
+            self._loop, self._pending = loop, []
+            loop.call_soon(self._flush)  # after the operations queued in this turn
+        written: asyncio.Future[None] = loop.create_future()
+        self._pending.append((rows, written))
+        await written
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        try:
+            self._write([row for rows, _ in batch for row in rows])
+        except Exception as error:  # each answer waiting on it is withheld
+            for _, written in batch:
+                if not written.done():
+                    written.set_exception(error)
+        else:
+            for _, written in batch:
+                if not written.done():  # (done: its request was cancelled, its client gone)
+                    written.set_result(None)
