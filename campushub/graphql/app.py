@@ -43,7 +43,7 @@ from graphql import (
     validate,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -229,6 +229,7 @@ class GraphQLApp:
         )
         self._checkpoints = Checkpoints(engine) if sqlite_file else None
         self._query_audit = TurnWriter(self._write_audit_rows)
+        self._audit_connection: Connection | None = None  # used on the event loop's thread only
 
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
@@ -287,13 +288,22 @@ class GraphQLApp:
         return self._body(result, request_id), []
 
     def _write_audit_rows(self, rows: list[dict]) -> None:
-        """The audit rows of queries, on a connection of their own (autocommit: the INSERT is
-        atomic on its own); once more on a fresh one if the pooled one was lost."""
+        """The audit rows of queries, on a connection the worker keeps for them (autocommit: the
+        INSERT is atomic on its own) rather than one taken from the pool and reset for each
+        write; once more on a fresh one if it was lost."""
 
         def insert() -> None:
-            with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S):
-                connection.execution_options(isolation_level="AUTOCOMMIT")
-                write_rows(connection, rows)
+            if self._audit_connection is None:
+                self._audit_connection = self.engine.connect()
+                self._audit_connection.execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                with deadline(self._audit_connection, REQUEST_TIMEOUT_S):
+                    write_rows(self._audit_connection, rows)
+            except BaseException:  # whatever failed, the next write starts on a fresh connection
+                with contextlib.suppress(Exception):
+                    self._audit_connection.close()
+                self._audit_connection = None
+                raise
 
         self._write_audit(partial(once_more_if_disconnected, insert))
 

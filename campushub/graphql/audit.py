@@ -13,8 +13,9 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, TextClause, bindparam, insert, text
 
 from campushub.models.service import AuditEntry
 
@@ -76,7 +77,21 @@ def write_rows(connection: Connection, rows: list[dict]) -> None:
         connection.execute(_INSERT, rows[0])
         return
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        connection.execute(_INSERT.values(rows[start : start + ROWS_PER_STATEMENT]))
+        chunk = rows[start : start + ROWS_PER_STATEMENT]
+        parameters = {f"{name}_{n}": value for n, row in enumerate(chunk) for name, value in row.items()}
+        connection.execute(_insert_of(len(chunk), tuple(chunk[0])), parameters)
+
+
+@cache
+def _insert_of(count: int, names: tuple[str, ...]) -> TextClause:
+    """An INSERT of `count` rows of the columns `names`, a typed parameter for each value: built
+    and compiled once per count. (SQLAlchemy compiles a multi-row `insert().values()` afresh on
+    every execution: at 800 requests a second that was a tenth of the API's time.)"""
+    columns = [AuditEntry.__table__.c[name] for name in names]
+    rows = ", ".join("(" + ", ".join(f":{name}_{n}" for name in names) + ")" for n in range(count))
+    return text(f"INSERT INTO {AuditEntry.__tablename__} ({', '.join(names)}) VALUES {rows}").bindparams(
+        *(bindparam(f"{column.name}_{n}", type_=column.type) for n in range(count) for column in columns)
+    )
 
 
 class TurnWriter:
