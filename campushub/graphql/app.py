@@ -59,7 +59,7 @@ from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leav
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import connection_lost, make_engine, once_more_if_disconnected
+from campushub.models.engine import connection_lost, decode_json, make_engine, once_more_if_disconnected
 
 log = logging.getLogger("campushub.api")
 
@@ -171,7 +171,7 @@ async def _graphql_params(request: Request) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
     try:
-        params = json.loads(body)
+        params = decode_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise RequestError(400, "body: not JSON") from error
     if isinstance(params, list):

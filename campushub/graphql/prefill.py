@@ -38,7 +38,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
-    literal,
     literal_column,
     null,
     or_,
@@ -539,6 +538,14 @@ def _read_facts(
                 found.notes[entity].append(overdue[source])
 
 
+def _constant(value: str) -> ColumnElement[str]:
+    """A constant of a statement, written into its SQL: a bound one is converted and sent anew
+    on every execution (a prefill's facts statement had nineteen)."""
+    if "'" in value:
+        raise ValueError(f"not a plain constant: {value!r}")
+    return literal_column(f"'{value}'", String)
+
+
 @cache
 def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> CompoundSelect:
     """One row shape for all: (what, a, b, c, d, at). The sync branch comes first, so that its
@@ -554,7 +561,7 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
         ).group_by(SyncState.source),
         select(
             literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()
-        ).where(_among_people(Conflict.person_id, one), Conflict.status == "open"),
+        ).where(_among_people(Conflict.person_id, one), Conflict.status == _constant("open")),
         *_unlinked_conflicts(one),
     ]
     if with_keys:
@@ -578,7 +585,7 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
                 provenance.c.source,
                 provenance.c.source_key,
                 provenance.c.as_of,
-            ).where(provenance.c.entity == "person", _among_people(provenance.c.entity_id, one))
+            ).where(provenance.c.entity == _constant("person"), _among_people(provenance.c.entity_id, one))
         )
     return union_all(*parts)
 
@@ -599,8 +606,8 @@ def _quarantined_keys(one: bool) -> Any:
         return or_(
             *(
                 and_(
-                    QuarantinedRecord.source == source,
-                    QuarantinedRecord.stream == stream,
+                    QuarantinedRecord.source == _constant(source),
+                    QuarantinedRecord.stream == _constant(stream),
                     QuarantinedRecord.source_key == bindparam(f"{entity}_key", type_=String),
                 )
                 for entity, (source, stream, _) in QUARANTINE_STREAMS.items()
@@ -615,22 +622,26 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
     stay unlinked until a steward decides, so they are found by the keys they name — the ID
     number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
     claims (`card:<card no>`, a card whose name is not its holder's)."""
-    unlinked = (Conflict.status == "open", Conflict.person_id.is_(None))
+    unlinked = (Conflict.status == _constant("open"), Conflict.person_id.is_(None))
     same_id = (
         select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null(), null())
-        .join(Person, Conflict.subject == literal("id:", String) + func.substr(Person.id_number_hash, 1, 16))
+        .join(
+            Person,
+            Conflict.subject
+            == _constant("id:") + func.substr(Person.id_number_hash, literal_column("1"), literal_column("16")),
+        )
         .where(_among_people(Person.id, one), *unlinked)
     )
     holders = union_all(
-        select(Student.person_id, literal("student", String).label("kind"), Student.student_no.label("no")).where(
+        select(Student.person_id, _constant("student").label("kind"), Student.student_no.label("no")).where(
             _among_people(Student.person_id, one)
         ),
-        select(Staff.person_id, literal("staff", String), Staff.staff_no).where(_among_people(Staff.person_id, one)),
+        select(Staff.person_id, _constant("staff"), Staff.staff_no).where(_among_people(Staff.person_id, one)),
     ).subquery()
     card_claimed = (
         select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null(), null())
         .select_from(Conflict)
-        .join(CardAccount, Conflict.subject == literal("card:", String) + CardAccount.card_no)
+        .join(CardAccount, Conflict.subject == _constant("card:") + CardAccount.card_no)
         .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
         .where(*unlinked)
     )
