@@ -483,6 +483,9 @@ def test_a_failure_outside_the_resolvers_is_500_with_a_request_id(
     assert error["extensions"]["code"] == "INTERNAL"
     assert "data" not in response.json()
     assert not LEAKS.search(response.text), response.text
+    # A mutation's answer too: its audit rows commit with it, or neither does.
+    refused = post(hub_api.url, {"query": MUTATION}, bearer(hub_api.as_role("steward").token))
+    assert refused.status_code == 500 and "data" not in refused.json()
 
 
 @pytest.mark.parametrize(
@@ -852,33 +855,44 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
 
     from campushub.graphql.audit import TurnWriter
 
-    writes: list[list[dict]] = []
+    writes: list[tuple[list[Any], float]] = []
 
-    def write(rows: list[dict]) -> None:
-        if any(row.get("fail") for row in rows):
-            raise RuntimeError("the database refused the insert")
-        writes.append(rows)
+    def write(rows: list[dict], by: float) -> None:
+        if any(row.get("refused") for row in rows):
+            raise RuntimeError("the database refused a row")
+        writes.append(([row["request"] for row in rows], by))
 
     writer = TurnWriter(write)
 
-    async def request(n: int, rows: int = 1, fail: bool = False) -> str:
-        await writer.write([{"request": n, "fail": fail}] * rows)
+    async def request(n: int, rows: int = 1, refused: bool = False, by: float = 100.0) -> str:
+        await writer.write([{"request": n, "refused": refused}] * rows, by)
         return f"answer {n}"
 
     async def turns() -> list[Any]:
-        together = await asyncio.gather(request(1), request(2, rows=2), request(3))
+        together = await asyncio.gather(request(1, by=30.0), request(2, rows=2, by=20.0), request(3))
         alone = await request(4)
-        failed = await asyncio.gather(request(5), request(6, fail=True), return_exceptions=True)
-        return [*together, alone, *failed]
+        # A refused row withholds its own request's answer only: the others are written apart.
+        mixed = await asyncio.gather(request(5), request(6, refused=True), request(7), return_exceptions=True)
+        return [*together, alone, *mixed]
 
     answers = asyncio.run(turns())
     assert answers[:4] == ["answer 1", "answer 2", "answer 3", "answer 4"]
-    # Each answer waited for its rows; rows of the requests that were ready together went at once.
-    assert [[row["request"] for row in rows] for rows in writes] == [[1, 2, 2, 3], [4]]
-    # A write that fails withholds every answer that waited on it.
-    assert all(isinstance(answer, RuntimeError) for answer in answers[4:])
-    # A later event loop (a test's, a restarted worker's) gets its own writes.
-    assert asyncio.run(request(7)) == "answer 7" and writes[-1] == [{"request": 7, "fail": False}]
+    assert answers[4] == "answer 5" and answers[6] == "answer 7"
+    assert isinstance(answers[5], RuntimeError)
+    # Rows of the requests that were ready together went at once, by the earliest of their deadlines.
+    assert writes[:2] == [([1, 2, 2, 3], 20.0), ([4], 100.0)]
+    assert writes[2:] == [([5], 100.0), ([7], 100.0)]
+
+    # A loop that stopped before its write ran leaves nothing in another loop's way.
+    abandoned = asyncio.new_event_loop()
+    stranded = abandoned.create_task(request(8))
+    abandoned.call_soon(abandoned.stop)  # after the request queued its rows, before their write
+    abandoned.run_forever()
+    assert not stranded.done()
+    stranded.cancel()  # what a worker's shutdown does to its requests in flight
+    abandoned.run_until_complete(asyncio.gather(stranded, return_exceptions=True))
+    abandoned.close()
+    assert asyncio.run(request(9)) == "answer 9" and writes[-1] == ([9], 100.0)
 
 
 def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp_path: Any) -> None:

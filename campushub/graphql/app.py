@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -203,9 +204,9 @@ def _operation(document: DocumentNode, name: str | None) -> OperationDefinitionN
 
 
 def _never_awaitable(_: Any) -> bool:
-    """Every resolver here is synchronous (they run on a worker thread): telling graphql-core
-    so spares it an awaitable test on every value it completes — a tenth of a prefill's time.
-    (tests/test_api_schema.py keeps it true.)"""
+    """Every resolver here is synchronous: telling graphql-core so spares it an awaitable test
+    on every value it completes — a tenth of a prefill's time. (tests/test_api_schema.py keeps
+    it true.)"""
     return False
 
 
@@ -288,25 +289,35 @@ class GraphQLApp:
             self._write_audit(with_the_mutation)
         return self._body(result, request_id), []
 
-    def _write_audit_rows(self, rows: list[dict]) -> None:
-        """The audit rows of queries, on a connection the worker keeps for them (autocommit: the
-        INSERT is atomic on its own) rather than one taken from the pool and reset for each
-        write; once more on a fresh one if it was lost."""
+    def _write_audit_rows(self, rows: list[dict], by: float) -> None:
+        """The audit rows of queries, by `by` (time.monotonic()), on a connection the worker
+        keeps for them (autocommit: the INSERT is atomic on its own) rather than one taken from
+        the pool and reset for each write; once more on a fresh one if it was lost."""
 
         def insert() -> None:
             if self._audit_connection is None:
-                self._audit_connection = self.engine.connect()
-                self._audit_connection.execution_options(isolation_level="AUTOCOMMIT")
+                connection = self.engine.connect()
+                try:
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
+                except BaseException:
+                    connection.close()
+                    raise
+                self._audit_connection = connection
             try:
-                with deadline(self._audit_connection, REQUEST_TIMEOUT_S):
+                with deadline(self._audit_connection, by - time.monotonic()):
                     write_rows(self._audit_connection, rows)
             except BaseException:  # whatever failed, the next write starts on a fresh connection
-                with contextlib.suppress(Exception):
-                    self._audit_connection.close()
-                self._audit_connection = None
+                self.close()
                 raise
 
         self._write_audit(partial(once_more_if_disconnected, insert))
+
+    def close(self) -> None:
+        """Gives back the connection kept for audit writes (at shutdown, or after a failure)."""
+        connection, self._audit_connection = self._audit_connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
 
     def _write_audit(self, write: Callable[[], Any]) -> None:
         try:
@@ -371,11 +382,12 @@ class GraphQLApp:
             return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
 
         try:
+            by = time.monotonic() + REQUEST_TIMEOUT_S
             body, unwritten = await self.executor.run(
                 self._run, principal, request_id, prepared.document, variables, operation_name
             )
             if unwritten:  # no read without its audit row
-                await self._query_audit.write(unwritten)
+                await self._query_audit.write(unwritten, by)
         except TimeoutError:
             log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
             return _plain_error(504, "the request took too long", request_id, media_type)
@@ -495,4 +507,10 @@ def create_app(engine: Engine | None = None, settings: ApiSettings | None = None
     ]
     if settings.development:
         routes += _dev_routes(engine)
-    return ApiApp(graphql, Starlette(routes=routes))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        graphql.close()
+
+    return ApiApp(graphql, Starlette(routes=routes, lifespan=lifespan))

@@ -13,7 +13,8 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import lru_cache
+from typing import NamedTuple
 
 from sqlalchemy import Connection, TextClause, bindparam, insert, text
 
@@ -82,7 +83,7 @@ def write_rows(connection: Connection, rows: list[dict]) -> None:
         connection.execute(_insert_of(len(chunk), tuple(chunk[0])), parameters)
 
 
-@cache
+@lru_cache(maxsize=128)  # the batch sizes a worker meets, and a department page's
 def _insert_of(count: int, names: tuple[str, ...]) -> TextClause:
     """An INSERT of `count` rows of the columns `names`, a typed parameter for each value: built
     and compiled once per count. (SQLAlchemy compiles a multi-row `insert().values()` afresh on
@@ -94,6 +95,12 @@ def _insert_of(count: int, names: tuple[str, ...]) -> TextClause:
     )
 
 
+class _Waiting(NamedTuple):
+    rows: list[dict]
+    deadline: float  # time.monotonic() by which the request must be answered
+    written: asyncio.Future[None]
+
+
 class TurnWriter:
     """Writes the audit rows of the queries a worker answers in one turn of its event loop with
     one INSERT, before any of their answers leaves.
@@ -103,32 +110,54 @@ class TurnWriter:
     schedules the write after them all. Each answer still waits for its rows to be committed
     (no read without its audit row), now with the rows of the requests beside it: one statement
     and one commit, its wait for the write-ahead log's flush included, where each request had
-    its own. The busier the worker, the more requests share a write."""
+    its own. The busier the worker, the more requests share a write.
 
-    def __init__(self, write: Callable[[list[dict]], None]) -> None:
+    `write(rows, deadline)` is given the earliest deadline of the requests it writes for. If a
+    shared write fails, each request's rows are written on their own, so that a row the database
+    refuses withholds only its own request's answer."""
+
+    def __init__(self, write: Callable[[list[dict], float], None]) -> None:
         self._write = write
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[tuple[list[dict], asyncio.Future[None]]] = []
+        self._waiting: dict[asyncio.AbstractEventLoop, list[_Waiting]] = {}
 
-    async def write(self, rows: list[dict]) -> None:
+    async def write(self, rows: list[dict], deadline: float) -> None:
         """Returns once `rows` are committed; raises what their write raised."""
         loop = asyncio.get_running_loop()
-        if not self._pending or self._loop is not loop:  # (a closed loop's queue is dropped with it)
-            self._loop, self._pending = loop, []
-            loop.call_soon(self._flush)  # after the operations queued in this turn
+        waiting = self._waiting.get(loop)
+        if waiting is None:
+            waiting = self._waiting[loop] = []
+            loop.call_soon(self._flush, loop)  # after the operations queued in this turn
         written: asyncio.Future[None] = loop.create_future()
-        self._pending.append((rows, written))
+        waiting.append(_Waiting(rows, deadline, written))
         await written
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._waiting.pop(loop, [])
         try:
-            self._write([row for rows, _ in batch for row in rows])
-        except Exception as error:  # each answer waiting on it is withheld
-            for _, written in batch:
-                if not written.done():
-                    written.set_exception(error)
+            self._write([row for waiting in batch for row in waiting.rows], min(w.deadline for w in batch))
+        except Exception as error:
+            if len(batch) == 1 or isinstance(error, TimeoutError):
+                _settle(batch, error)
+                return
+            for waiting in batch:  # which request's rows were refused: each answers for its own
+                try:
+                    self._write(waiting.rows, waiting.deadline)
+                except Exception as own_error:
+                    _settle([waiting], own_error)
+                else:
+                    _settle([waiting], None)
+        except BaseException as error:  # (interrupted: no request waits for ever)
+            _settle(batch, error)
+            raise
         else:
-            for _, written in batch:
-                if not written.done():  # (done: its request was cancelled, its client gone)
-                    written.set_result(None)
+            _settle(batch, None)
+
+
+def _settle(batch: list[_Waiting], failure: BaseException | None) -> None:
+    for waiting in batch:
+        if waiting.written.done():  # its request was cancelled: its client is gone
+            continue
+        if failure is None:
+            waiting.written.set_result(None)
+        else:
+            waiting.written.set_exception(failure)

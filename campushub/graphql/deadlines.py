@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -32,49 +33,64 @@ DEADLINE_CHECK_STEPS = 100
 # How often the PostgreSQL watchdog looks for statements past their deadline: a request may
 # overrun its deadline by this much.
 WATCH_INTERVAL_S = 0.05
+# A request still running this long after its cancel (it went on to another statement, or the
+# cancel came while Python code ran) is cancelled again. Each cancel request costs PostgreSQL a
+# new backend process.
+CANCEL_AGAIN_AFTER_S = 1.0
 CANCEL_TIMEOUT_S = 2.0
 QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a cancelled statement (and statement_timeout)
+
+
+@dataclass(slots=True)
+class Watch:
+    deadline: float  # time.monotonic()
+    driver_connection: Any  # psycopg's
+    cancelled_at: float | None = None
 
 
 class StatementWatchdog:
     """Cancels the statements of watched PostgreSQL connections past their deadline.
 
-    One daemon thread per process, started on first use, waking every `WATCH_INTERVAL_S`. It
-    cancels while holding the lock that `watching` takes to unwatch a connection, so a cancel
-    can never reach the connection once it is back in the pool, running another request's
-    statement. A request that goes on past its deadline (more statements) is cancelled again at
-    each wake-up until it ends."""
+    One daemon thread per process, started on first use, waking every `WATCH_INTERVAL_S`. A
+    cancel request may reach the server late, when the statement it was meant for is done and
+    the connection runs the next one: a connection that was sent one is therefore never used
+    again (`deadline` invalidates it), whether or not its request saw the cancel."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._watched: dict[int, tuple[float, Any]] = {}  # id -> (deadline, psycopg connection)
+        self._watched: dict[int, Watch] = {}
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def watching(self, driver_connection: Any, seconds: float) -> Iterator[None]:
-        key = id(driver_connection)
+    def watching(self, driver_connection: Any, seconds: float) -> Iterator[Watch]:
+        watch = Watch(time.monotonic() + seconds, driver_connection)
         with self._lock:
-            self._watched[key] = (time.monotonic() + seconds, driver_connection)
+            self._watched[id(watch)] = watch
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="statement-watchdog", daemon=True)
                 self._thread.start()
         try:
-            yield
+            yield watch
         finally:
-            with self._lock:
-                del self._watched[key]
+            with self._lock:  # after this, no cancel is sent for it: marked under the same lock
+                del self._watched[id(watch)]
 
     def _watch(self) -> None:
         while True:
             time.sleep(WATCH_INTERVAL_S)
             now = time.monotonic()
+            due = []
             with self._lock:
-                for deadline, driver_connection in self._watched.values():
-                    if now > deadline:
-                        try:
-                            driver_connection.cancel_safe(timeout=CANCEL_TIMEOUT_S)
-                        except Exception:  # the statement then runs on: logged, the watchdog lives
-                            log.exception("could not cancel a statement past its deadline")
+                for watch in self._watched.values():
+                    again = watch.cancelled_at is None or now - watch.cancelled_at >= CANCEL_AGAIN_AFTER_S
+                    if now > watch.deadline and again:
+                        watch.cancelled_at = now
+                        due.append(watch.driver_connection)
+            for driver_connection in due:  # outside the lock: a request ending need not wait for it
+                try:
+                    driver_connection.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+                except Exception:  # the statement then runs on: logged, the watchdog lives
+                    log.exception("could not cancel a statement past its deadline")
 
 
 _WATCHDOG = StatementWatchdog()
@@ -83,10 +99,16 @@ _WATCHDOG = StatementWatchdog()
 @contextlib.contextmanager
 def deadline(connection: Connection, seconds: float) -> Iterator[None]:
     """The statements `connection` sends within the block are stopped `seconds` from now."""
+    seconds = max(seconds, 0.0)
     driver = connection.connection.driver_connection
     if connection.dialect.name == "postgresql":
-        with _WATCHDOG.watching(driver, seconds):
-            yield
+        watch: Watch | None = None
+        try:
+            with _WATCHDOG.watching(driver, seconds) as watch:
+                yield
+        finally:
+            if watch is not None and watch.cancelled_at is not None:
+                connection.invalidate()  # a cancel may still be on its way to it
         return
     if connection.dialect.name != "sqlite":
         yield
