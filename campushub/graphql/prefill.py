@@ -552,22 +552,22 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
     `at` column decides how the union's instants are read."""
     parts: list[Select[Any]] = [
         select(
-            literal_column("'sync'").label("what"),
+            _constant("sync").label("what"),
             SyncState.source.label("a"),
             null().label("b"),
             null().label("c"),
             null().label("d"),
             func.min(SyncState.last_success_at).label("at"),
         ).group_by(SyncState.source),
-        select(
-            literal_column("'conflict'"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()
-        ).where(_among_people(Conflict.person_id, one), Conflict.status == _constant("open")),
+        select(_constant("conflict"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()).where(
+            _among_people(Conflict.person_id, one), Conflict.status == _constant("open")
+        ),
         *_unlinked_conflicts(one),
     ]
     if with_keys:
         parts.append(
             select(
-                literal_column("'quarantine'"),
+                _constant("quarantine"),
                 QuarantinedRecord.source,
                 QuarantinedRecord.stream,
                 QuarantinedRecord.source_key,
@@ -579,7 +579,7 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
         provenance = FieldProvenance.__table__
         parts.append(
             select(
-                literal_column("'provenance'"),
+                _constant("provenance"),
                 cast(provenance.c.entity_id, String),
                 provenance.c.field,
                 provenance.c.source,
@@ -624,7 +624,7 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
     claims (`card:<card no>`, a card whose name is not its holder's)."""
     unlinked = (Conflict.status == _constant("open"), Conflict.person_id.is_(None))
     same_id = (
-        select(literal_column("'conflict'"), cast(Person.id, String), Conflict.kind, null(), null(), null())
+        select(_constant("conflict"), cast(Person.id, String), Conflict.kind, null(), null(), null())
         .join(
             Person,
             Conflict.subject
@@ -639,7 +639,7 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
         select(Staff.person_id, _constant("staff"), Staff.staff_no).where(_among_people(Staff.person_id, one)),
     ).subquery()
     card_claimed = (
-        select(literal_column("'conflict'"), cast(holders.c.person_id, String), Conflict.kind, null(), null(), null())
+        select(_constant("conflict"), cast(holders.c.person_id, String), Conflict.kind, null(), null(), null())
         .select_from(Conflict)
         .join(CardAccount, Conflict.subject == _constant("card:") + CardAccount.card_no)
         .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
