@@ -44,7 +44,7 @@ from graphql import (
     validate,
 )
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -57,7 +57,7 @@ from campushub.graphql.audit import AuditTrail, TurnWriter, write_rows
 from campushub.graphql.auth import AuthError, Principal, verify_token
 from campushub.graphql.context import RequestContext
 from campushub.graphql.deadlines import deadline, past_deadline
-from campushub.graphql.execution import Executor, PlainLeafExecution, plain_leaves
+from campushub.graphql.execution import Executor, HeldConnection, PlainLeafExecution, plain_leaves
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
@@ -231,7 +231,7 @@ class GraphQLApp:
         )
         self._checkpoints = Checkpoints(engine) if sqlite_file else None
         self._query_audit = TurnWriter(self._write_audit_rows)
-        self._audit_connection: Connection | None = None  # used on the event loop's thread only
+        self._audit = HeldConnection(engine)  # used on the event loop's thread only, as audit writes run there
 
     def _run(
         self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
@@ -290,34 +290,19 @@ class GraphQLApp:
         return self._body(result, request_id), []
 
     def _write_audit_rows(self, rows: list[dict], by: float) -> None:
-        """The audit rows of queries, by `by` (time.monotonic()), on a connection the worker
-        keeps for them (autocommit: the INSERT is atomic on its own) rather than one taken from
-        the pool and reset for each write; once more on a fresh one if it was lost."""
+        """The audit rows of queries, by `by` (time.monotonic()), on the connection the worker
+        keeps for them (autocommit: the INSERT is atomic on its own); once more on a fresh one
+        if it was lost."""
 
         def insert() -> None:
-            if self._audit_connection is None:
-                connection = self.engine.connect()
-                try:
-                    connection.execution_options(isolation_level="AUTOCOMMIT")
-                except BaseException:
-                    connection.close()
-                    raise
-                self._audit_connection = connection
-            try:
-                with deadline(self._audit_connection, by - time.monotonic()):
-                    write_rows(self._audit_connection, rows)
-            except BaseException:  # whatever failed, the next write starts on a fresh connection
-                self.close()
-                raise
+            with self._audit.use() as connection, deadline(connection, by - time.monotonic()):
+                write_rows(connection, rows)
 
         self._write_audit(partial(once_more_if_disconnected, insert))
 
     def close(self) -> None:
-        """Gives back the connection kept for audit writes (at shutdown, or after a failure)."""
-        connection, self._audit_connection = self._audit_connection, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                connection.close()
+        """Gives back the connection the worker keeps (at shutdown)."""
+        self._audit.close()
 
     def _write_audit(self, write: Callable[[], Any]) -> None:
         try:

@@ -14,8 +14,9 @@ standard way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
@@ -33,6 +34,7 @@ from graphql import (
     Undefined,
 )
 from graphql.pyutils import Path
+from sqlalchemy import Connection, Engine
 
 T = TypeVar("T")
 # Worker threads an operation may run on, per worker process (default "0": the event loop itself).
@@ -74,6 +76,42 @@ class Executor:
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.threads)
         return await asyncio.wait_for(anyio.to_thread.run_sync(function, *args, limiter=self._limiter), self.timeout_s)
+
+
+class HeldConnection:
+    """A connection a worker keeps, in autocommit, for work it does one piece at a time on its
+    event loop (the audit writes): no checkout from the pool and no reset of its isolation level
+    on the way back, per use. After a failure it is given back, and the next use takes a fresh
+    one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Connection]:
+        if self._connection is not None and self._connection.invalidated:  # (sent a cancel: `deadlines`)
+            self.close()
+        if self._connection is None:
+            connection = self._engine.connect()
+            try:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+        try:
+            yield self._connection
+            self._connection.rollback()  # no transaction to end in autocommit: SQLAlchemy's own bookkeeping
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.close()
 
 
 class PlainLeaf(NamedTuple):
