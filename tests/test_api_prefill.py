@@ -435,6 +435,31 @@ def test_a_person_with_an_open_identity_conflict_is_flagged(hub_api: ApiHub) -> 
     assert not any(CONFLICT_NOTE in note for field in demo.values() for note in field["notes"])
 
 
+def test_an_unlinked_conflict_over_the_id_number_flags_the_persons_values(hub_api: ApiHub) -> None:
+    """The same ID number under two names: the conflict names no person until a steward decides,
+    and is found by the number's hash (`id:<hash>`)."""
+    principal = hub_api.users["student"]
+    with hub_api.engine.begin() as connection:
+        person_id = connection.execute(
+            select(Student.person_id).where(Student.student_no == principal.subject)
+        ).scalar_one()
+        number_hash = connection.execute(select(Person.id_number_hash).where(Person.id == person_id)).scalar_one()
+        conflict_id = connection.execute(
+            insert(Conflict)
+            .values(kind="same_id_number", subject=f"id:{number_hash[:16]}", person_id=None, details={"test": True})
+            .returning(Conflict.id)
+        ).scalar_one()
+    try:
+        form = catalog()["enrollment_certificate"]
+        fields = check_prefill(hub_api, principal, form)
+    finally:
+        with hub_api.engine.begin() as connection:
+            connection.execute(delete(Conflict).where(Conflict.id == conflict_id))
+    for form_field in form.fields:
+        if form_field.path and form_field.path.startswith("person."):
+            assert any(CONFLICT_NOTE in note for note in fields[form_field.name]["notes"]), form_field.name
+
+
 @pytest.fixture
 def quarantined_newer_version(hub_api: ApiHub) -> Iterator[str]:
     """A refused newer version of the demo student's record, removed afterwards."""

@@ -623,15 +623,18 @@ def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
     number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
     claims (`card:<card no>`, a card whose name is not its holder's)."""
     unlinked = (Conflict.status == _constant("open"), Conflict.person_id.is_(None))
-    same_id = (
-        select(_constant("conflict"), cast(Person.id, String), Conflict.kind, null(), null(), null())
-        .join(
-            Person,
-            Conflict.subject
-            == _constant("id:") + func.substr(Person.id_number_hash, literal_column("1"), literal_column("16")),
+    id_subject = _constant("id:") + func.substr(Person.id_number_hash, literal_column("1"), literal_column("16"))
+    if one:  # the person's subject first, then its conflicts by the index on subject
+        subject = select(id_subject).where(Person.id == PERSON_ID).scalar_subquery()
+        same_id = select(_constant("conflict"), cast(PERSON_ID, String), Conflict.kind, null(), null(), null()).where(
+            Conflict.subject == subject, *unlinked
         )
-        .where(_among_people(Person.id, one), *unlinked)
-    )
+    else:
+        same_id = (
+            select(_constant("conflict"), cast(Person.id, String), Conflict.kind, null(), null(), null())
+            .join(Person, Conflict.subject == id_subject)
+            .where(_among_people(Person.id, one), *unlinked)
+        )
     holders = union_all(
         select(Student.person_id, _constant("student").label("kind"), Student.student_no.label("no")).where(
             _among_people(Student.person_id, one)
