@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from sqlalchemy import Connection, TextClause, bindparam, insert, text
+from sqlalchemy import Connection, TextClause, bindparam, text
 
+from campushub.models.engine import execute_built
 from campushub.models.service import AuditEntry
 
 ALLOWED, DENIED = "allowed", "denied"
 # 10 bound values a row: well under SQLite's and PostgreSQL's limits on one statement's parameters.
 ROWS_PER_STATEMENT = 1_000
-# Nothing is read back: without `inline()` PostgreSQL would return each new row's id.
-_INSERT = insert(AuditEntry).inline()
 
 
 @dataclass
@@ -74,13 +73,10 @@ def write_rows(connection: Connection, rows: list[dict]) -> None:
     autocommit connection, and on SQLite it holds the write lock only while SQLite itself runs
     — not across Python code waiting for the GIL, as BEGIN … COMMIT in separate calls would,
     stalling the other API workers' audit writes."""
-    if len(rows) == 1:  # one request about one person: a statement built once
-        connection.execute(_INSERT, rows[0])
-        return
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
         parameters = {f"{name}_{n}": value for n, row in enumerate(chunk) for name, value in row.items()}
-        connection.execute(_insert_of(len(chunk), tuple(chunk[0])), parameters)
+        execute_built(connection, _insert_of(len(chunk), tuple(chunk[0])), parameters)
 
 
 @lru_cache(maxsize=128)  # the batch sizes a worker meets, and a department page's

@@ -19,6 +19,7 @@ from campushub.graphql.auth import Principal
 from campushub.graphql.forms import Form, catalog
 from campushub.graphql.permissions import ROLES, Role
 from campushub.graphql.prefill import Records, load_own, own_anchor, own_person_statement
+from campushub.models.engine import execute_built
 from campushub.models.unified import OrgUnit
 
 K = TypeVar("K", bound=Hashable)
@@ -92,7 +93,7 @@ class RequestContext:
     def person_id(self) -> int | None:
         """The caller's own golden record, found by the 学号 or 工号 the token names."""
         query = own_person_statement(own_anchor(self.principal.role))
-        return self.connection.execute(query, {"own_key": self.principal.subject}).scalar()
+        return execute_built(self.connection, query, {"own_key": self.principal.subject}).scalar()
 
     def own_records(self, entities: frozenset[str]) -> Records | None:
         """The caller's own records for `entities` (None: no golden record of them yet),
@@ -106,7 +107,7 @@ class RequestContext:
     def org_unit_id(self) -> int | None:
         if not self.principal.org_unit:
             return None
-        return self.connection.execute(_ORG_UNIT, {"key": self.principal.org_unit}).scalar()
+        return execute_built(self.connection, _ORG_UNIT, {"key": self.principal.org_unit}).scalar()
 
     def loader(self, name: str, fetch: Callable[[list[Any]], dict[Any, Any]]) -> BatchLoader[Any, Any]:
         if name not in self.loaders:

@@ -26,9 +26,9 @@ from typing import Any
 
 from cryptography.fernet import InvalidToken
 from sqlalchemy import (
+    JSON,
     BindParameter,
     ColumnElement,
-    CompoundSelect,
     Connection,
     FromClause,
     RowMapping,
@@ -37,16 +37,19 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    exists,
     func,
     literal_column,
     null,
-    or_,
     select,
-    tuple_,
     union_all,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from campushub.graphql.forms import Form
+from campushub.models.base import as_utc
+from campushub.models.engine import execute_built
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.record_checks import record_problems
@@ -408,7 +411,8 @@ def _with_student_names(statement: Select[Any], student: FromClause) -> Select[A
 
 @cache
 def _students_statement(one: bool) -> Select[Any]:
-    return _with_student_names(select(Student.__table__), Student.__table__).where(
+    quarantined = _quarantined("student", Student.student_no).label("quarantined")
+    return _with_student_names(select(Student.__table__, quarantined), Student.__table__).where(
         _among_people(Student.person_id, one), Student.deleted_at.is_(None)
     )
 
@@ -419,7 +423,7 @@ def _preferred_student(row: RowMapping) -> tuple[dt.date, str]:
 
 def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
     statement = _students_statement(len(person_ids) == 1)
-    rows = connection.execute(statement, _people(person_ids)).mappings()
+    rows = execute_built(connection, statement, _people(person_ids)).mappings()
     return _by_person(rows, _preferred_student)
 
 
@@ -427,26 +431,31 @@ def _students(connection: Connection, person_ids: Sequence[int]) -> dict[int, Ro
 def _staff_statement(one: bool) -> Select[Any]:
     department = OrgUnit.__table__.alias("department")
     return (
-        select(Staff.__table__, department.c.name.label("department_name"))
+        select(
+            Staff.__table__,
+            department.c.name.label("department_name"),
+            _quarantined("staff", Staff.staff_no).label("quarantined"),
+        )
         .outerjoin(department, department.c.id == Staff.department_id)
         .where(_among_people(Staff.person_id, one), Staff.deleted_at.is_(None))
     )
 
 
 def _staff(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
-    rows = connection.execute(_staff_statement(len(person_ids) == 1), _people(person_ids)).mappings()
+    rows = execute_built(connection, _staff_statement(len(person_ids) == 1), _people(person_ids)).mappings()
     return _by_person(rows, lambda row: row["staff_no"])
 
 
 @cache
 def _cards_statement(one: bool) -> Select[Any]:
-    return select(CardAccount.__table__).where(
+    quarantined = _quarantined("card", CardAccount.card_no).label("quarantined")
+    return select(CardAccount.__table__, quarantined).where(
         _among_people(CardAccount.person_id, one), CardAccount.deleted_at.is_(None)
     )
 
 
 def _cards(connection: Connection, person_ids: Sequence[int]) -> dict[int, RowMapping]:
-    rows = connection.execute(_cards_statement(len(person_ids) == 1), _people(person_ids)).mappings()
+    rows = execute_built(connection, _cards_statement(len(person_ids) == 1), _people(person_ids)).mappings()
     # The card in use: a normal card over a lost or frozen one, then the newest.
     return _by_person(rows, lambda row: (row["status"] == "正常", row["opened_on"] or dt.date.min, row["card_no"]))
 
@@ -486,42 +495,19 @@ def _grade_summaries_statement(one: bool) -> Select[Any]:
     )
 
 
-def _read_facts(
-    connection: Connection, records: dict[int, Records], now: dt.datetime, entities: frozenset[str]
-) -> None:
-    """Each golden field's provenance, and what should not be served as plain fact.
-
-    The facts that live outside the person's own rows — where each golden field came from, open
-    identity conflicts, newer versions refused into quarantine, each source's last complete
-    sync — are read in one statement of narrow rows: a prefill is a handful of round trips, and
-    each one costs as much as the work it carries. (Provenance joined to the golden record
-    repeated its every column for each of its fields.)"""
-    # A newer version of the record was refused: what is served may be out of date.
-    keys: dict[tuple[str, str, str], tuple[int, str]] = {}
-    for person_id, found in records.items():
-        for entity, (source, stream, key_column) in QUARANTINE_STREAMS.items():
-            row = getattr(found, entity)
-            if row is not None:
-                keys[source, stream, row[key_column]] = (person_id, entity)
-    one = len(records) == 1
-    parameters = _people(list(records))
-    if one:  # a parameter per entity (`_quarantined_keys`)
-        parameters |= dict.fromkeys((f"{entity}_key" for entity in QUARANTINE_STREAMS), None)
-        parameters |= {f"{entity}_key": key for (_, _, key), (_, entity) in keys.items()}
-    elif keys:
-        parameters["keys"] = list(keys)
+def _note_quality(records: dict[int, Records], now: dt.datetime, entities: frozenset[str]) -> None:
+    """What should not be served as plain fact: rows that break a declared rule, newer versions
+    of a row refused into quarantine, open identity conflicts, sources overdue — and where each
+    golden field came from — as read with the people's golden records (`_facts_column`)."""
     last_sync: dict[str, dt.datetime | None] = {}
-    statement = _facts_statement(bool(keys), one, "person" in entities)
-    for what, a, b, c, d, at in connection.execute(statement, parameters).all():  # one fetch, not one a row
-        if what == "provenance":
-            records[int(a)].provenance[b] = {"source": c, "source_key": d, "as_of": at}
-        elif what == "sync":
-            last_sync[a] = at
-        elif what == "conflict":
-            records[int(a)].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
-        elif (a, b, c) in keys:
-            person_id, entity = keys[a, b, c]
-            records[person_id].notes[entity].append("a newer version from the source is in quarantine")
+    for person_id, found in records.items():
+        for what, a, b, c, d, at in (found.person["facts"] if found.person else None) or ():
+            if what == "provenance":
+                found.provenance[b] = {"source": c, "source_key": d, "as_of": _instant(at)}
+            elif what == "sync":
+                last_sync[a] = _instant(at)
+            else:  # an open identity conflict
+                records[person_id].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
 
     overdue = _overdue_sources(last_sync, now)
     for found in records.values():
@@ -533,23 +519,51 @@ def _read_facts(
         ):
             if row is not None and entity in entities:
                 found.notes[entity].extend(record_problems(table, row))
+                if entity in QUARANTINE_STREAMS and row["quarantined"]:
+                    found.notes[entity].append("a newer version from the source is in quarantine")
         for entity, source in ENTITY_SOURCE.items():
             if source in overdue:
                 found.notes[entity].append(overdue[source])
 
 
+def _instant(text: str | None) -> dt.datetime | None:
+    """An instant read from JSON: PostgreSQL's ISO 8601 with its offset, SQLite's UTC wall clock."""
+    return None if text is None else as_utc(dt.datetime.fromisoformat(text))
+
+
 def _constant(value: str) -> ColumnElement[str]:
     """A constant of a statement, written into its SQL: a bound one is converted and sent anew
-    on every execution (a prefill's facts statement had nineteen)."""
+    on every execution (a prefill's facts had nineteen)."""
     if "'" in value:
         raise ValueError(f"not a plain constant: {value!r}")
     return literal_column(f"'{value}'", String)
 
 
-@cache
-def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> CompoundSelect:
-    """One row shape for all: (what, a, b, c, d, at). The sync branch comes first, so that its
-    `at` column decides how the union's instants are read."""
+class JsonRows(FunctionElement[Any]):
+    """An aggregate: the rows it is given, as one JSON array of arrays (NULL or [] for none)."""
+
+    type = JSON()
+    inherit_cache = True
+
+
+@compiles(JsonRows, "postgresql")
+def _json_rows_postgresql(element: JsonRows, compiler: Any, **kw: Any) -> str:
+    return f"json_agg(json_build_array({compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(JsonRows, "sqlite")
+def _json_rows_sqlite(element: JsonRows, compiler: Any, **kw: Any) -> str:
+    return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
+
+
+def _facts_column(with_provenance: bool) -> ColumnElement[Any]:
+    """The facts about a person that live outside their own rows — each source's last complete
+    sync, their open identity conflicts and, with `with_provenance`, where each golden field
+    came from — as a column of their golden record: rows of (what, a, b, c, d, at) in JSON.
+
+    Read with the golden record, in its statement, they cost a prefill no round trip of their
+    own: each costs as much as the work it carries. (Provenance joined to the golden record
+    would repeat its every column for each of its fields.)"""
     parts: list[Select[Any]] = [
         select(
             _constant("sync").label("what"),
@@ -560,21 +574,10 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
             func.min(SyncState.last_success_at).label("at"),
         ).group_by(SyncState.source),
         select(_constant("conflict"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()).where(
-            _among_people(Conflict.person_id, one), Conflict.status == _constant("open")
+            Conflict.person_id == Person.id, Conflict.status == _constant("open")
         ),
-        *_unlinked_conflicts(one),
+        *_unlinked_conflicts(),
     ]
-    if with_keys:
-        parts.append(
-            select(
-                _constant("quarantine"),
-                QuarantinedRecord.source,
-                QuarantinedRecord.stream,
-                QuarantinedRecord.source_key,
-                null(),
-                null(),
-            ).where(_quarantined_keys(one), QuarantinedRecord.resolved_at.is_(None))
-        )
     if with_provenance:
         provenance = FieldProvenance.__table__
         parts.append(
@@ -585,9 +588,10 @@ def _facts_statement(with_keys: bool, one: bool, with_provenance: bool) -> Compo
                 provenance.c.source,
                 provenance.c.source_key,
                 provenance.c.as_of,
-            ).where(provenance.c.entity == _constant("person"), _among_people(provenance.c.entity_id, one))
+            ).where(provenance.c.entity == _constant("person"), provenance.c.entity_id == Person.id)
         )
-    return union_all(*parts)
+    facts = union_all(*(part.correlate(Person) for part in parts)).subquery("facts")
+    return select(JsonRows(*facts.c)).scalar_subquery().label("facts")
 
 
 # Where a newer version of an entity's record waits when refused: source, stream, key column.
@@ -598,57 +602,37 @@ QUARANTINE_STREAMS = {
 }
 
 
-def _quarantined_keys(one: bool) -> Any:
-    """Quarantined records of these people's rows. One person's are a parameter per entity (NULL,
-    matching nothing, where they have no such row), so the statement stays the same on every
-    call: an expanding list of keys is rendered into the SQL afresh on each execution."""
-    if one:
-        return or_(
-            *(
-                and_(
-                    QuarantinedRecord.source == _constant(source),
-                    QuarantinedRecord.stream == _constant(stream),
-                    QuarantinedRecord.source_key == bindparam(f"{entity}_key", type_=String),
-                )
-                for entity, (source, stream, _) in QUARANTINE_STREAMS.items()
-            )
-        )
-    columns = tuple_(QuarantinedRecord.source, QuarantinedRecord.stream, QuarantinedRecord.source_key)
-    return columns.in_(bindparam("keys", expanding=True))
+def _quarantined(entity: str, key: ColumnElement[str]) -> ColumnElement[bool]:
+    """Whether a newer version of the entity's row with this `key` sits in quarantine: what is
+    served may be out of date."""
+    source, stream, _ = QUARANTINE_STREAMS[entity]
+    return exists().where(
+        QuarantinedRecord.source == _constant(source),
+        QuarantinedRecord.stream == _constant(stream),
+        QuarantinedRecord.source_key == key,
+        QuarantinedRecord.resolved_at.is_(None),
+    )
 
 
-def _unlinked_conflicts(one: bool) -> list[Select[Any]]:
-    """Open identity conflicts about these people that name no person: the records they dispute
+def _unlinked_conflicts() -> list[Select[Any]]:
+    """Open identity conflicts about a person that name no person: the records they dispute
     stay unlinked until a steward decides, so they are found by the keys they name — the ID
-    number (`id:<hash>`, the same number under two names) and a card the person's 学号/工号
-    claims (`card:<card no>`, a card whose name is not its holder's)."""
+    number (`id:<hash>`, the same number under two names; by the index on subject) and a card
+    the person's 学号/工号 claims (`card:<card no>`, a card whose name is not its holder's)."""
     unlinked = (Conflict.status == _constant("open"), Conflict.person_id.is_(None))
     id_subject = _constant("id:") + func.substr(Person.id_number_hash, literal_column("1"), literal_column("16"))
-    if one:  # the person's subject first, then its conflicts by the index on subject
-        subject = select(id_subject).where(Person.id == PERSON_ID).scalar_subquery()
-        same_id = select(_constant("conflict"), cast(PERSON_ID, String), Conflict.kind, null(), null(), null()).where(
-            Conflict.subject == subject, *unlinked
-        )
-    else:
-        same_id = (
-            select(_constant("conflict"), cast(Person.id, String), Conflict.kind, null(), null(), null())
-            .join(Person, Conflict.subject == id_subject)
-            .where(_among_people(Person.id, one), *unlinked)
-        )
-    holders = union_all(
-        select(Student.person_id, _constant("student").label("kind"), Student.student_no.label("no")).where(
-            _among_people(Student.person_id, one)
-        ),
-        select(Staff.person_id, _constant("staff"), Staff.staff_no).where(_among_people(Staff.person_id, one)),
-    ).subquery()
-    card_claimed = (
-        select(_constant("conflict"), cast(holders.c.person_id, String), Conflict.kind, null(), null(), null())
-        .select_from(Conflict)
-        .join(CardAccount, Conflict.subject == _constant("card:") + CardAccount.card_no)
-        .join(holders, and_(holders.c.kind == CardAccount.holder_kind, holders.c.no == CardAccount.holder_no))
-        .where(*unlinked)
+    same_id = select(_constant("conflict"), cast(Person.id, String), Conflict.kind, null(), null(), null()).where(
+        Conflict.subject == id_subject, *unlinked
     )
-    return [same_id, card_claimed]
+    card_claimed = [
+        select(_constant("conflict"), cast(holder.person_id, String), Conflict.kind, null(), null(), null())
+        .select_from(holder)
+        .join(CardAccount, and_(CardAccount.holder_kind == _constant(kind), CardAccount.holder_no == number))
+        .join(Conflict, Conflict.subject == _constant("card:") + CardAccount.card_no)
+        .where(holder.person_id == Person.id, *unlinked)
+        for holder, kind, number in ((Student, "student", Student.student_no), (Staff, "staff", Staff.staff_no))
+    ]
+    return [same_id, *card_claimed]
 
 
 ENTITY_SOURCE = {"student": "academic", "grades": "academic", "staff": "hr", "fees": "finance", "card": "card"}
@@ -692,20 +676,27 @@ _OWN_STUDENT_PREFIX = "own_student__"
 
 
 @cache
-def _persons_statement(one: bool, own: str | None = None, with_student: bool = False) -> Select[Any]:
-    """The people's golden records. With `own` ("student" or "staff"), the caller's own, found
-    by the key their token names — and `with_student`, their student rows too — in the same
-    statement: every round trip saved counts in a request about oneself."""
+def _persons_statement(
+    one: bool, own: str | None = None, with_student: bool = False, facts: bool = True, provenance: bool = True
+) -> Select[Any]:
+    """The people's golden records, with their `facts` (`_facts_column`; `provenance`, where
+    each golden field came from, among them). With `own` ("student" or "staff"), the caller's
+    own, found by the key their token names — and `with_student`, their student rows too — in
+    the same statement: every round trip saved counts in a request about oneself."""
+    persons = select(Person.__table__)
+    if facts:
+        persons = persons.add_columns(_facts_column(provenance))
     if own is None:
-        persons = select(Person.__table__).where(_among_people(Person.id, one))
+        persons = persons.where(_among_people(Person.id, one))
     else:
         table, found = _own(own)
-        persons = select(Person.__table__).join(table, table.person_id == Person.id).where(found)
+        persons = persons.join(table, table.person_id == Person.id).where(found)
     if with_student:
         student = _OWN_STUDENT
         columns = [column.label(_OWN_STUDENT_PREFIX + column.name) for column in student.c]
+        quarantined = _quarantined("student", student.c.student_no).label(_OWN_STUDENT_PREFIX + "quarantined")
         current = and_(student.c.person_id == Person.id, student.c.deleted_at.is_(None))
-        persons = _with_student_names(persons.add_columns(*columns).outerjoin(student, current), student)
+        persons = _with_student_names(persons.add_columns(*columns, quarantined).outerjoin(student, current), student)
     return persons
 
 
@@ -723,8 +714,8 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    persons = _persons_statement(len(ids) == 1)
-    _take_persons(records, connection.execute(persons, _people(ids)).mappings())
+    persons = _persons_statement(len(ids) == 1, facts=with_quality, provenance="person" in entities)
+    _take_persons(records, execute_built(connection, persons, _people(ids)).mappings())
     _load_rest(connection, records, entities, with_quality, now)
     return records
 
@@ -735,8 +726,8 @@ def load_own(
     """The caller's own records, as `load_subjects` loads them, found by the 学号 (`anchor`
     "student") or 工号 ("staff") their token names; None when no golden record links to it."""
     with_student = "student" in entities
-    statement = _persons_statement(True, anchor, with_student)
-    rows = connection.execute(statement, {"own_key": key}).mappings().all()
+    statement = _persons_statement(True, anchor, with_student, provenance="person" in entities)
+    rows = execute_built(connection, statement, {"own_key": key}).mappings().all()
     records: dict[int, Records] = {}
     _take_persons(records, rows)
     if not records:
@@ -751,7 +742,7 @@ def load_own(
 
 def _own_student(row: RowMapping) -> dict[str, Any]:
     """A student row as `_students` reads it, from the columns it had in the persons statement."""
-    student = {column.name: row[_OWN_STUDENT_PREFIX + column.name] for column in _OWN_STUDENT.c}
+    student = {name: row[_OWN_STUDENT_PREFIX + name] for name in (*_OWN_STUDENT.c.keys(), "quarantined")}
     return student | {name: row[name] for name in ("college_name", "major_name", "class_name")}
 
 
@@ -785,15 +776,15 @@ def _load_rest(
     numbers = list(by_student_no)
     students = _students_by_no(numbers) if numbers else {}
     if "fees" in entities and numbers:
-        for bill in connection.execute(_bills_statement(len(numbers) == 1), students).mappings():
+        for bill in execute_built(connection, _bills_statement(len(numbers) == 1), students).mappings():
             by_student_no[bill["student_no"]].bills.append(bill)
-        for student_no, paid_at in connection.execute(_last_payments_statement(len(numbers) == 1), students):
+        for student_no, paid_at in execute_built(connection, _last_payments_statement(len(numbers) == 1), students):
             by_student_no[student_no].last_payment_at = paid_at
     if "grades" in entities and numbers:
-        for summary in connection.execute(_grade_summaries_statement(len(numbers) == 1), students).mappings():
+        for summary in execute_built(connection, _grade_summaries_statement(len(numbers) == 1), students).mappings():
             by_student_no[summary["student_no"]].grades = summary
     if with_quality:
-        _read_facts(connection, records, now or dt.datetime.now(dt.UTC), entities)
+        _note_quality(records, now or dt.datetime.now(dt.UTC), entities)
 
 
 def fill(form: Form, records: Records) -> list[tuple[str, Outcome]]:
