@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Date, column, insert, inspect, select, table, text
+from sqlalchemy import Date, bindparam, column, insert, inspect, select, table, text
 from sqlalchemy.types import TypeEngine
 
 from campushub.models import Base
 from campushub.models import normalize as norm
 from campushub.models import unify as unify_module
 from campushub.models.base import UTCDateTime, utcnow
-from campushub.models.engine import decode_json, make_engine
+from campushub.models.engine import decode_json, execute_built, make_engine
 from campushub.models.ingest import (
     _KEY_LISTS,
     _LATEST_HASH,
@@ -574,3 +574,29 @@ def test_a_load_stamps_every_row_it_writes_with_when_it_began(tmp_path: Path, mo
             stamps = connection.exec_driver_sql("SELECT DISTINCT loaded_at FROM grade").scalars().all()
     assert loaded.inserted == 12
     assert stamps == ["2026-11-27 08:00:00.000000"]
+
+
+@DATABASES
+def test_a_kept_statement_runs_compiled_once_as_sqlalchemy_runs_it(database_kind: str, tmp_path: Path) -> None:
+    """`execute_built` answers as `Connection.execute` does — typed results, an expanding IN
+    list of any length — compiling the statement once per dialect; it refuses DML, whose
+    compiled form depends on the parameters given."""
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        at = dt.datetime(2026, 12, 6, 8, 30, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                insert(Person),
+                [{"name": f"学生{n}", "created_at": at, "updated_at": at} for n in range(5)],
+            )
+        statement = select(Person.id, Person.name, Person.updated_at).where(
+            Person.id.in_(bindparam("ids", expanding=True))
+        )
+        with engine.connect() as connection:
+            ids = list(connection.execute(select(Person.id).order_by(Person.id)).scalars())
+            for wanted in (ids[:1], ids[1:4], []):
+                built = execute_built(connection, statement, {"ids": wanted}).all()
+                assert built == connection.execute(statement, {"ids": wanted}).all()
+                assert [row.updated_at for row in built] == [at] * len(wanted)
+            with pytest.raises(TypeError, match="SELECT or text"):
+                execute_built(connection, insert(Person), {"name": "x"})

@@ -452,8 +452,8 @@ def _dev_routes(engine: Engine) -> list[Route]:
 
 
 def api_engine(url: str | None = None) -> Engine:
-    """The API's engine: its pool is not pinged before each use (a round trip, on PostgreSQL a
-    sixth of a prefill's); a connection found lost costs a read one more try instead
+    """The API's engine: its pool is not pinged before each use (a round trip more, where a
+    prefill makes two); a connection found lost costs a read one more try instead
     (`once_more_if_disconnected`)."""
     return make_engine(url, pool_pre_ping=False)
 

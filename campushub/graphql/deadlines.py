@@ -8,7 +8,7 @@ the request is answered 504.
   pipeline: SQLite has one writer at a time) gives up at the deadline too;
 - PostgreSQL: a watchdog thread sends a cancel request for a statement still running past its
   request's deadline — also one waiting on a lock. Setting `statement_timeout` per request would
-  cost a round trip each, a third of a prefill's.
+  cost a round trip each: a prefill makes two.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ import orjson
 from sqlalchemy import Connection, CursorResult, Dialect, Engine, Executable, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.compiler import Compiled
+from sqlalchemy.sql.compiler import WARN_LINTING, Compiled
+from sqlalchemy.sql.dml import UpdateBase
 
 DATA_DIR = Path(os.environ.get("CAMPUSHUB_DATA_DIR", "data"))
 
@@ -89,13 +90,19 @@ def execute_built(
 
     SQLAlchemy looks each statement's compiled form up by a cache key it derives anew on every
     execution: for a large statement a deep tuple, hashed and compared in full each time — a
-    twentieth of a prefill's CPU on PostgreSQL. A kept statement is its own key."""
+    twentieth of a prefill's CPU on PostgreSQL. A kept statement is its own key. (An INSERT or
+    UPDATE construct is compiled for the columns its parameters name: it goes the usual way.)"""
+    if isinstance(statement, UpdateBase):
+        raise TypeError(f"execute_built takes a SELECT or text(), not {type(statement).__name__}")
     return connection.execute(_compiled(statement, connection.dialect), parameters)  # type: ignore[call-overload]
 
 
-@lru_cache(maxsize=512)  # the statements kept (a few dozen), for each engine's dialect
+# The kept statements — a few dozen, and an audit INSERT per batch size — for each dialect.
+@lru_cache(maxsize=512)
 def _compiled(statement: Executable, dialect: Dialect) -> Compiled:
-    return statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    # Linted as SQLAlchemy lints what it compiles itself: a FROM left out of a join warns.
+    linting = dialect.compiler_linting | WARN_LINTING  # type: ignore[attr-defined]
+    return statement.compile(dialect=dialect, linting=linting)  # type: ignore[attr-defined]
 
 
 T = TypeVar("T")
