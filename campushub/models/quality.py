@@ -75,6 +75,11 @@ class TableRules:
     codes: Mapping[str, str] = field(default_factory=dict)  # column -> national code table
     formats: Mapping[str, str] = field(default_factory=dict)  # column -> PATTERNS entry
 
+    @property
+    def columns(self) -> frozenset[str]:
+        """Every column a rule reads."""
+        return frozenset({*self.key, *self.not_null, *(c for u in self.unique for c in u), *self.codes, *self.formats})
+
 
 TABLE_RULES: dict[str, TableRules] = {
     "org_unit": TableRules(key=("code",), not_null=("code", "name", "kind"), unique=(("code",),)),
