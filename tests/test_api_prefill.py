@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, RowMapping, delete, event, func, insert, select
+from sqlalchemy import Engine, RowMapping, delete, event, func, insert, select, update
 
 from campushub.graphql.auth import Principal
 from campushub.graphql.coverage import FILLABLE, POPULATION, coverage
 from campushub.graphql.forms import Form, FormField, catalog
 from campushub.graphql.permissions import ROLES
 from campushub.graphql.prefill import PATHS, Filled, entities_of, fill, load_own, load_subjects
-from campushub.models.landing import QuarantinedRecord
+from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id
 from campushub.models.service import AuditEntry
+from campushub.models.sources import FRESHNESS
 from campushub.models.unified import (
     CardAccount,
     ClassGroup,
@@ -496,6 +497,39 @@ def test_a_quarantined_newer_version_flags_the_entitys_values(hub_api: ApiHub, q
 def test_the_flag_goes_when_the_quarantined_record_is_gone(hub_api: ApiHub) -> None:
     fields = check_prefill(hub_api, hub_api.users["student"], catalog()["enrollment_certificate"])
     assert not any(QUARANTINE_NOTE in note for field in fields.values() for note in field["notes"])
+
+
+def test_a_source_overdue_flags_the_values_it_provides(hub_api: ApiHub) -> None:
+    """The academic system's last complete sync pushed past its freshness window: the student
+    fields of the enrollment certificate are flagged with when it was, the person's golden
+    fields (provenance of their own) are not; the flag goes with a fresh sync."""
+    form = catalog()["enrollment_certificate"]
+    long_ago = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    with hub_api.engine.begin() as connection:
+        kept = connection.execute(
+            select(SyncState.stream, SyncState.last_success_at).where(SyncState.source == "academic")
+        ).all()
+        assert kept
+        connection.execute(update(SyncState).where(SyncState.source == "academic").values(last_success_at=long_ago))
+    try:
+        fields = check_prefill(hub_api, hub_api.users["student"], form)
+    finally:
+        with hub_api.engine.begin() as connection:
+            for stream, at in kept:
+                connection.execute(
+                    update(SyncState)
+                    .where(SyncState.source == "academic", SyncState.stream == stream)
+                    .values(last_success_at=at)
+                )
+    overdue = f"academic not synced within {FRESHNESS['academic']} (last complete sync: 2020-01-01T00:00+00:00)"
+    for form_field in form.fields:
+        notes = fields[form_field.name]["notes"]
+        if form_field.path and form_field.path.startswith("student."):
+            assert fields[form_field.name]["quality"] == "FLAGGED" and overdue in notes, form_field.name
+        else:
+            assert not any("not synced" in note for note in notes), form_field.name
+    fresh = check_prefill(hub_api, hub_api.users["student"], form)
+    assert not any("not synced" in note for field in fresh.values() for note in field["notes"])
 
 
 # ---------------------------------------------------------------------------- coverage

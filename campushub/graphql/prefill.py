@@ -49,7 +49,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from campushub.graphql.forms import Form
-from campushub.models.base import as_utc
+from campushub.models.base import UTCDateTime, as_utc
 from campushub.models.engine import execute_built
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id, mask_id
@@ -527,7 +527,7 @@ def _note_quality(records: dict[int, Records], now: dt.datetime, entities: froze
             else:  # an open identity conflict
                 records[person_id].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
 
-    overdue = _overdue_sources(last_sync, now)
+    overdue = _overdue_sources(last_sync, now, _sources_of(entities))
     for found in records.values():
         for entity, row, table in (
             ("person", found.person, "person"),
@@ -574,29 +574,32 @@ def _json_rows_sqlite(element: JsonRows, compiler: Any, **kw: Any) -> str:
     return f"json_group_array(json_array({compiler.process(element.clauses, **kw)}))"
 
 
-def _facts_column(with_provenance: bool) -> ColumnElement[Any]:
-    """The facts about a person that live outside their own rows — each source's last complete
-    sync, their open identity conflicts and, with `with_provenance`, where each golden field
-    came from — as a column of their golden record: rows of (what, a, b, c, d, at) in JSON.
+def _facts_column(entities: frozenset[str]) -> ColumnElement[Any]:
+    """The facts about a person that live outside their own rows, as far as `entities` need
+    them — the last complete sync of the sources they come from, the person's open identity
+    conflicts, where each golden field came from — as a column of their golden record: rows of
+    (what, a, b, c, d, at) in JSON.
 
     Read with the golden record, in its statement, they cost a prefill no round trip of their
     own: each costs as much as the work it carries. (Provenance joined to the golden record
     would repeat its every column for each of its fields.)"""
     parts: list[Select[Any]] = [
         select(
-            _constant("sync").label("what"),
-            SyncState.source.label("a"),
-            null().label("b"),
+            _constant("conflict").label("what"),
+            cast(Conflict.person_id, String).label("a"),
+            Conflict.kind.label("b"),
             null().label("c"),
             null().label("d"),
-            func.min(SyncState.last_success_at).label("at"),
-        ).group_by(SyncState.source),
-        select(_constant("conflict"), cast(Conflict.person_id, String), Conflict.kind, null(), null(), null()).where(
-            Conflict.person_id == Person.id, Conflict.status == _constant("open")
-        ),
+            cast(null(), UTCDateTime).label("at"),
+        ).where(Conflict.person_id == Person.id, Conflict.status == _constant("open")),
         *_unlinked_conflicts(),
     ]
-    if with_provenance:
+    sources = _sources_of(entities)
+    if sources:
+        last_success = func.min(SyncState.last_success_at)
+        synced = select(_constant("sync"), SyncState.source, null(), null(), null(), last_success)
+        parts.append(synced.where(SyncState.source.in_([_constant(s) for s in sources])).group_by(SyncState.source))
+    if "person" in entities:
         provenance = FieldProvenance.__table__
         parts.append(
             select(
@@ -656,9 +659,15 @@ def _unlinked_conflicts() -> list[Select[Any]]:
 ENTITY_SOURCE = {"student": "academic", "grades": "academic", "staff": "hr", "fees": "finance", "card": "card"}
 
 
-def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime) -> dict[str, str]:
+def _sources_of(entities: frozenset[str]) -> list[str]:
+    """The source systems whose freshness matters to values of `entities`."""
+    return sorted({ENTITY_SOURCE[entity] for entity in entities if entity in ENTITY_SOURCE})
+
+
+def _overdue_sources(last: Mapping[str, dt.datetime | None], now: dt.datetime, sources: list[str]) -> dict[str, str]:
     overdue = {}
-    for source, window in FRESHNESS.items():
+    for source in sources:
+        window = FRESHNESS[source]
         synced = last.get(source)
         if synced is None or now - synced > window:
             when = synced.isoformat(timespec="minutes") if synced else "never"
@@ -695,15 +704,15 @@ _OWN_STUDENT_PREFIX = "own_student__"
 
 @cache
 def _persons_statement(
-    one: bool, own: str | None = None, with_student: bool = False, facts: bool = True, provenance: bool = True
+    one: bool, entities: frozenset[str], own: str | None = None, with_student: bool = False, facts: bool = True
 ) -> Select[Any]:
-    """The people's golden records, with their `facts` (`_facts_column`; `provenance`, where
-    each golden field came from, among them). With `own` ("student" or "staff"), the caller's
+    """The people's golden records, with their `facts` as `entities` need them (`_facts_column`).
+    With `own` ("student" or "staff"), the caller's
     own, found by the key their token names — and `with_student`, their student rows too — in
     the same statement: every round trip saved counts in a request about oneself."""
     persons = select(*_read(Person.__table__, "person"))
     if facts:
-        persons = persons.add_columns(_facts_column(provenance))
+        persons = persons.add_columns(_facts_column(entities))
     if own is None:
         persons = persons.where(_among_people(Person.id, one))
     else:
@@ -732,7 +741,7 @@ def load_subjects(
     if not records:
         return records
     ids = list(records)
-    persons = _persons_statement(len(ids) == 1, facts=with_quality, provenance="person" in entities)
+    persons = _persons_statement(len(ids) == 1, entities, facts=with_quality)
     _take_persons(records, execute_built(connection, persons, _people(ids)).mappings())
     _load_rest(connection, records, entities, with_quality, now)
     return records
@@ -744,7 +753,7 @@ def load_own(
     """The caller's own records, as `load_subjects` loads them, found by the 学号 (`anchor`
     "student") or 工号 ("staff") their token names; None when no golden record links to it."""
     with_student = "student" in entities
-    statement = _persons_statement(True, anchor, with_student, provenance="person" in entities)
+    statement = _persons_statement(True, entities, anchor, with_student)
     rows = execute_built(connection, statement, {"own_key": key}).mappings().all()
     records: dict[int, Records] = {}
     _take_persons(records, rows)
