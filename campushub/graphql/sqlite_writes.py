@@ -26,6 +26,7 @@ from sqlalchemy import Engine, event
 log = logging.getLogger("campushub.api")
 
 INTERVAL_S = 1.0
+CHECKPOINT_THREAD = "sqlite-checkpoints"
 
 
 def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -51,7 +52,7 @@ class Checkpoints:
         if self._thread is None or not self._thread.is_alive():
             with self._lock:
                 if self._thread is None or not self._thread.is_alive():
-                    self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+                    self._thread = threading.Thread(target=self._run, name=CHECKPOINT_THREAD, daemon=True)
                     self._thread.start()
 
     def _run(self) -> None:
