@@ -622,18 +622,14 @@ def _facts_column(entities: frozenset[str]) -> ColumnElement[Any]:
     return select(JsonRows(*facts.c)).scalar_subquery().label("facts")
 
 
-# Where a newer version of an entity's record waits when refused: source, stream, key column.
-QUARANTINE_STREAMS = {
-    "student": ("academic", "students", "student_no"),
-    "staff": ("hr", "staff", "staff_no"),
-    "card": ("card", "card_accounts", "card_no"),
-}
+# Where a newer version of an entity's record waits when refused: its source and stream.
+QUARANTINE_STREAMS = {"student": ("academic", "students"), "staff": ("hr", "staff"), "card": ("card", "card_accounts")}
 
 
 def _quarantined(entity: str, key: ColumnElement[str]) -> ColumnElement[bool]:
     """Whether a newer version of the entity's row with this `key` sits in quarantine: what is
     served may be out of date."""
-    source, stream, _ = QUARANTINE_STREAMS[entity]
+    source, stream = QUARANTINE_STREAMS[entity]
     return exists().where(
         QuarantinedRecord.source == _constant(source),
         QuarantinedRecord.stream == _constant(stream),
