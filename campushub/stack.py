@@ -103,8 +103,10 @@ def run_stack(start_stand_ins: Callable[[], dict[str, str]], say: Callable[[str]
         for role, principal in users.items():
             say(f"  {role:16} {principal.subject:14} {principal.name or ''}")
         say("Ctrl-C stops everything.")
-        # Dagster's in-process run installs signal handlers of its own: install ours after it.
+        # Dagster's in-process run installs signal handlers of its own, for Ctrl-C too, and may
+        # leave them behind: install ours after it.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         return stack.wait()
     except KeyboardInterrupt:
         say("stopping …")
