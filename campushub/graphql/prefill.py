@@ -520,14 +520,14 @@ def _note_quality(records: dict[int, Records], now: dt.datetime, entities: froze
     of a row refused into quarantine, open identity conflicts, sources overdue — and where each
     golden field came from — as read with the people's golden records (`_facts_column`)."""
     last_sync: dict[str, dt.datetime | None] = {}
-    for person_id, found in records.items():
+    for found in records.values():
         for what, a, b, c, d, at in (found.person["facts"] if found.person else None) or ():
             if what == "provenance":
                 found.provenance[b] = {"source": c, "source_key": d, "as_of": _instant(at)}
             elif what == "sync":
                 last_sync[a] = _instant(at)
             else:  # an open identity conflict
-                records[person_id].notes["person"].append(f"open identity conflict ({b}) awaits a steward")
+                found.notes["person"].append(f"open identity conflict ({b}) awaits a steward")
 
     overdue = _overdue_sources(last_sync, now, _sources_of(entities))
     for found in records.values():
