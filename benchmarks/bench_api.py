@@ -72,10 +72,10 @@ from campushub.graphql.app import REQUEST_TIMEOUT_S, ApiSettings, api_engine, cr
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, mint_token, verify_token
 from campushub.graphql.demo import demo_users
-from campushub.graphql.execution import Executor
+from campushub.graphql.execution import Executor, HeldConnection
 from campushub.graphql.serving import serve
 from campushub.graphql.sqlite_writes import CHECKPOINT_THREAD
-from campushub.models.engine import make_engine
+from campushub.models.engine import make_engine, reading_only
 from campushub.models.landing import QuarantinedRecord, SyncState
 from campushub.models.protect import decrypt_id
 from campushub.models.record_checks import record_problems
@@ -286,11 +286,19 @@ class BaselineApp:
         self.statement = _baseline_statement()
         # Run where the API runs its operations (the event loop, unless CAMPUSHUB_API_THREADS says).
         self.executor = Executor.from_env(REQUEST_TIMEOUT_S)
+        self._writers = threading.local()
+
+    def _audit_writer(self) -> HeldConnection:
+        """As the API writes audit rows: on a connection kept for them, in autocommit (one atomic
+        statement) — one per thread the answers run on."""
+        writer = getattr(self._writers, "held", None)
+        if writer is None:
+            writer = self._writers.held = HeldConnection(self.engine)
+        return writer
 
     def answer(self, subject: str, request_id: str) -> dict[str, Any]:
         with self.engine.connect() as connection:
-            # As the API does for queries: no transaction, the audit row in one atomic statement.
-            connection.execution_options(isolation_level="AUTOCOMMIT")
+            reading_only(connection)  # as the API reads for queries: no transaction
             rows = connection.execute(self.statement, {"subject": subject}).mappings().all()
             if not rows:
                 return {"errors": [{"message": "no record of you"}]}
@@ -333,8 +341,8 @@ class BaselineApp:
             audit = AuditTrail(request_id, subject, "student")
             released = [entry["name"] for entry in fields if entry["quality"] != "MISSING"]
             audit.read(person["id"], "form", released, f"form:{FORM_ID}")
-            audit.write(connection)
-            connection.commit()
+        with self._audit_writer().use() as writer:  # its own INSERT, before the answer
+            audit.write(writer)
         return {"data": {"prefill": {"fields": fields}}}
 
     async def handle(self, request: Request) -> Response:

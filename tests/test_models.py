@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Date, bindparam, column, insert, inspect, select, table, text
+from sqlalchemy import Date, bindparam, column, event, insert, inspect, select, table, text
 from sqlalchemy.types import TypeEngine
 
 from campushub.models import Base
 from campushub.models import normalize as norm
 from campushub.models import unify as unify_module
 from campushub.models.base import UTCDateTime, utcnow
-from campushub.models.engine import decode_json, execute_built, make_engine
+from campushub.models.engine import decode_json, execute_built, make_engine, reading_only
 from campushub.models.ingest import (
     _KEY_LISTS,
     _LATEST_HASH,
@@ -600,3 +600,27 @@ def test_a_kept_statement_runs_compiled_once_as_sqlalchemy_runs_it(database_kind
                 assert [row.updated_at for row in built] == [at] * len(wanted)
             with pytest.raises(TypeError, match="SELECT or text"):
                 execute_built(connection, insert(Person), {"name": "x"})
+
+
+@DATABASES
+def test_a_reading_connection_opens_no_transaction_and_leaves_sqlite_its_compiled_statements(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """`reading_only`: PostgreSQL reads in autocommit (no BEGIN and COMMIT round trips). On
+    SQLite nothing is switched, so nothing is switched back at check-in: SQLAlchemy would do it
+    with a `PRAGMA read_uncommitted`, which expires every statement compiled on the connection."""
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        engine.dispose()  # the connections made from here on are traced
+        executed: list[str] = []
+        if database_kind == "sqlite":
+            event.listen(engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(executed.append))
+        for _ in range(2):
+            with engine.connect() as connection:
+                reading_only(connection)
+                assert connection.execute(select(Person.id)).all() == []
+                driver = connection.connection.driver_connection
+                assert driver.autocommit if database_kind == "postgresql" else not driver.in_transaction
+        assert not [statement for statement in executed if "read_uncommitted" in statement.lower()], executed
+        if database_kind == "sqlite":
+            assert any(statement.startswith("SELECT person.id") for statement in executed), executed

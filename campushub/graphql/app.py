@@ -61,7 +61,13 @@ from campushub.graphql.execution import Executor, HeldConnection, PlainLeafExecu
 from campushub.graphql.limits import Limits, NoNulCharactersRule, check_limits, contains_nul
 from campushub.graphql.schema import SCHEMA
 from campushub.graphql.sqlite_writes import Checkpoints, SQLiteWriters
-from campushub.models.engine import connection_lost, decode_json, make_engine, once_more_if_disconnected
+from campushub.models.engine import (
+    connection_lost,
+    decode_json,
+    make_engine,
+    once_more_if_disconnected,
+    reading_only,
+)
 
 log = logging.getLogger("campushub.api")
 
@@ -257,11 +263,8 @@ class GraphQLApp:
     ) -> tuple[dict[str, Any], list[dict]]:
         audit = AuditTrail(request_id, principal.subject, principal.role)
         with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S):
-            if query:
-                # A query only reads here (its audit rows are written apart): it needs no
-                # transaction (under READ COMMITTED each statement reads its own snapshot anyway),
-                # and none spares PostgreSQL the BEGIN and COMMIT round trips.
-                connection.execution_options(isolation_level="AUTOCOMMIT")
+            if query:  # it only reads here: its audit rows are written apart
+                reading_only(connection)
             context = RequestContext(principal, connection, audit, request_id, self.settings.development)
             result = execute(
                 self.schema,

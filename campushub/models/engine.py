@@ -105,6 +105,21 @@ def _compiled(statement: Executable, dialect: Dialect) -> Compiled:
     return statement.compile(dialect=dialect, linting=linting)  # type: ignore[attr-defined]
 
 
+def reading_only(connection: Connection) -> Connection:
+    """`connection`, for a unit of work that only reads, without a transaction of its own: under
+    READ COMMITTED each statement reads its own snapshot anyway.
+
+    - PostgreSQL: in autocommit, which spares the BEGIN and COMMIT round trips;
+    - SQLite: left as it is. Its driver begins no transaction for a read, and setting an
+      isolation level would cost more than it saves: at check-in SQLAlchemy sets the default
+      back with a `PRAGMA read_uncommitted`, which expires every statement SQLite has compiled
+      on the connection. The next use compiles them anew — for a prefill's statement four
+      times what running it costs (measured at the university profile: 225 against 50 µs)."""
+    if connection.dialect.name == "postgresql":
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+    return connection
+
+
 T = TypeVar("T")
 
 
