@@ -948,3 +948,41 @@ def test_sqlite_audit_writes_queue_across_worker_processes(tmp_path: Any) -> Non
         released = time.monotonic()
     assert entered.wait(2) and time.monotonic() - released < 0.5
     waiter.join()
+
+
+def test_a_worker_freezes_what_it_holds_at_startup_out_of_full_collections(tmp_path: Any) -> None:
+    """At its lifespan's start the app freezes the objects the worker holds (a full collection
+    would walk them all, 56-73 ms here), and still shuts down cleanly."""
+    import asyncio
+    import gc
+
+    from campushub.models.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'campushub.db'}")
+    app = app_module.create_app(engine, ApiSettings(development=False))
+    was_frozen = gc.get_freeze_count()
+    held = [app]  # held since before startup, as the worker's schema and tables are
+    sent: list[str] = []
+    frozen_at_startup: list[bool] = []
+
+    async def lifespan() -> None:
+        messages: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        await messages.put({"type": "lifespan.startup"})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+            if message["type"] == "lifespan.startup.complete":
+                # a full collection walks what `get_objects` lists: all but the frozen
+                frozen_at_startup.append(all(found is not held for found in gc.get_objects()))
+                await messages.put({"type": "lifespan.shutdown"})
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}}, messages.get, send)
+
+    try:
+        asyncio.run(lifespan())
+    finally:
+        if not was_frozen:
+            gc.unfreeze()
+        engine.dispose()
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert frozen_at_startup == [True]

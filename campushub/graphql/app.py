@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -480,6 +481,18 @@ class ApiApp:
         await self.site(scope, receive, send)
 
 
+def freeze_startup_heap() -> None:
+    """Leaves what a worker holds once started out of the garbage collector's full scans.
+
+    Its libraries, schema and mapped tables — about 100,000 objects — live as long as the worker,
+    yet each full collection walks them all: 56-73 ms at a time here, while every request the
+    worker holds waits. Prefill leaves almost nothing behind, but a department page leaves
+    enough to set one off every 20-40 pages (measured at the university profile: a page's p99
+    of 85-99 ms against a p50 of 15 ms). Frozen, a full collection walks only what came since."""
+    gc.collect()  # what is garbage now is not frozen with the rest
+    gc.freeze()
+
+
 def create_app(engine: Engine | None = None, settings: ApiSettings | None = None) -> ApiApp:
     from campushub.graphql.documents import DocumentRoutes
     from campushub.web import routes as web_routes
@@ -499,6 +512,7 @@ def create_app(engine: Engine | None = None, settings: ApiSettings | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        freeze_startup_heap()
         yield
         graphql.close()
 
