@@ -118,11 +118,14 @@ class SourceIdentity(Base):
 
 class Student(Tracked, Base):
     __tablename__ = "student"
+    # A college's students in 学号 order: a department page reads its hundred rows off the index
+    # instead of sorting the whole college for each page.
+    __table_args__ = (Index("ix_student_college_student_no", "college_id", "student_no"),)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     student_no: Mapped[str] = mapped_column(String(20), unique=True)
     person_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"), index=True)
-    college_id: Mapped[int | None] = mapped_column(ForeignKey("org_unit.id"), index=True)
+    college_id: Mapped[int | None] = mapped_column(ForeignKey("org_unit.id"))
     major_id: Mapped[int | None] = mapped_column(ForeignKey("major.id"))
     class_id: Mapped[int | None] = mapped_column(ForeignKey("class_group.id"))
     college_code: Mapped[str | None] = mapped_column(String(16))
