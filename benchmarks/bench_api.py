@@ -54,8 +54,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from campushub.graphql.app import REQUEST_TIMEOUT_S, ApiSettings, api_engine, create_app
+from campushub.graphql.app import REQUEST_TIMEOUT_S, ApiSettings, api_engine, create_app, freeze_startup_heap
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AuthError, Principal, mint_token, verify_token
 from campushub.graphql.demo import demo_users
@@ -287,6 +287,7 @@ class BaselineApp:
         # Run where the API runs its operations (the event loop, unless CAMPUSHUB_API_THREADS says).
         self.executor = Executor.from_env(REQUEST_TIMEOUT_S)
         self._writers = threading.local()
+        self._all_writers: list[HeldConnection] = []
 
     def _audit_writer(self) -> HeldConnection:
         """As the API writes audit rows: on a connection kept for them, in autocommit (one atomic
@@ -294,11 +295,15 @@ class BaselineApp:
         writer = getattr(self._writers, "held", None)
         if writer is None:
             writer = self._writers.held = HeldConnection(self.engine)
+            self._all_writers.append(writer)
         return writer
 
+    def close(self) -> None:
+        for writer in self._all_writers:
+            writer.close()
+
     def answer(self, subject: str, request_id: str) -> dict[str, Any]:
-        with self.engine.connect() as connection:
-            reading_only(connection)  # as the API reads for queries: no transaction
+        with self.engine.connect() as connection, reading_only(connection):  # as the API reads for queries
             rows = connection.execute(self.statement, {"subject": subject}).mappings().all()
             if not rows:
                 return {"errors": [{"message": "no record of you"}]}
@@ -368,7 +373,14 @@ def _field(name: str, value: Any, source: str, as_of: Any, flagged: bool) -> dic
 
 def baseline_app() -> Starlette:
     app = BaselineApp()
-    return Starlette(routes=[Route("/graphql", app.handle, methods=["POST"])])
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        freeze_startup_heap()  # as the API's workers do
+        yield
+        app.close()
+
+    return Starlette(routes=[Route("/graphql", app.handle, methods=["POST"])], lifespan=lifespan)
 
 
 # ----------------------------------------------------------------------- load generator

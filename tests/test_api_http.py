@@ -950,7 +950,9 @@ def test_sqlite_audit_writes_queue_across_worker_processes(tmp_path: Any) -> Non
     waiter.join()
 
 
-def test_a_worker_freezes_what_it_holds_at_startup_out_of_full_collections(tmp_path: Any) -> None:
+def test_a_worker_freezes_what_it_holds_at_startup_out_of_full_collections(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At its lifespan's start the app freezes the objects the worker holds (a full collection
     would walk them all, 56-73 ms here), and still shuts down cleanly."""
     import asyncio
@@ -960,6 +962,9 @@ def test_a_worker_freezes_what_it_holds_at_startup_out_of_full_collections(tmp_p
 
     engine = make_engine(f"sqlite:///{tmp_path / 'campushub.db'}")
     app = app_module.create_app(engine, ApiSettings(development=False))
+    monkeypatch.setattr(app_module, "_heap_frozen", False)  # once per process: this test's lifespan is its first
+    # Unfrozen afterwards only if nothing was frozen before: the pipeline's runs in this process
+    # freeze its heap once, and tests check that they did.
     was_frozen = gc.get_freeze_count()
     held = [app]  # held since before startup, as the worker's schema and tables are
     sent: list[str] = []

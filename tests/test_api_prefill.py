@@ -394,6 +394,40 @@ def test_a_prefill_of_ones_own_record_costs_two_statements(hub_api: ApiHub) -> N
     assert statements[-1].startswith("INSERT INTO audit_log")
 
 
+def test_a_prefill_leaves_sqlite_the_statements_it_compiled(hub_api: ApiHub) -> None:
+    """No PRAGMA runs with a prefill but its deadline's busy timeout: a flag PRAGMA — as
+    SQLAlchemy's reset of an isolation level at check-in — expires every statement SQLite has
+    compiled on the connection, and the next prefill would compile its statement anew."""
+    if hub_api.engine.dialect.name != "sqlite":
+        pytest.skip("a PostgreSQL session's prepared statements outlive such settings")
+    form = catalog()["enrollment_certificate"]
+    api = hub_api.as_principal(user_for(hub_api, form))
+    executed: list[str] = []
+
+    def trace(statement: str) -> None:
+        # Not the request's: a background thread checkpoints the log after writes.
+        if threading.current_thread().name != CHECKPOINT_THREAD:
+            executed.append(statement)
+
+    def traced(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.set_trace_callback(trace)
+
+    def untraced(dbapi_connection: Any, *_: Any) -> None:
+        dbapi_connection.set_trace_callback(None)
+
+    event.listen(hub_api.engine, "checkout", traced)
+    event.listen(hub_api.engine, "checkin", untraced)
+    try:
+        for _ in range(2):
+            prefill(api, form.id)
+    finally:
+        event.remove(hub_api.engine, "checkout", traced)
+        event.remove(hub_api.engine, "checkin", untraced)
+    assert sum(statement.startswith("SELECT person.id") for statement in executed) == 2, executed
+    pragmas = [statement for statement in executed if statement.upper().startswith("PRAGMA")]
+    assert pragmas and all(pragma.startswith("PRAGMA busy_timeout=") for pragma in pragmas), pragmas
+
+
 @pytest.mark.parametrize("form_id", FORMS)
 def test_a_role_the_form_is_not_for_is_refused_and_audited(hub_api: ApiHub, form_id: str) -> None:
     form = catalog()[form_id]

@@ -616,11 +616,16 @@ def test_a_reading_connection_opens_no_transaction_and_leaves_sqlite_its_compile
         if database_kind == "sqlite":
             event.listen(engine, "connect", lambda dbapi, _record: dbapi.set_trace_callback(executed.append))
         for _ in range(2):
-            with engine.connect() as connection:
-                reading_only(connection)
+            with engine.connect() as connection, reading_only(connection):
                 assert connection.execute(select(Person.id)).all() == []
                 driver = connection.connection.driver_connection
                 assert driver.autocommit if database_kind == "postgresql" else not driver.in_transaction
         assert not [statement for statement in executed if "read_uncommitted" in statement.lower()], executed
         if database_kind == "sqlite":
             assert any(statement.startswith("SELECT person.id") for statement in executed), executed
+            # A write there would be rolled back at check-in, silently: refused instead.
+            refused = pytest.raises(RuntimeError, match="meant only to read")
+            with refused, engine.connect() as connection, reading_only(connection):
+                connection.execute(insert(Person).values(name="学生", created_at=utcnow(), updated_at=utcnow()))
+            with engine.connect() as connection:
+                assert connection.execute(select(Person.id)).all() == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -116,7 +117,10 @@ def deadline(connection: Connection, seconds: float) -> Iterator[None]:
     at = time.monotonic() + seconds
     driver.set_progress_handler(lambda: time.monotonic() > at, DEADLINE_CHECK_STEPS)
     # Waiting for another writer is not statement work the handler sees: bounded by the deadline too.
-    driver.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
+    # In whole tenths of a second: the driver caches statements by their text, and a new text
+    # each time (an audit write's deadline is what is left of its request's) would push the
+    # cached audit INSERTs out.
+    driver.execute(f"PRAGMA busy_timeout={math.ceil(seconds * 10) * 100}")
     try:
         yield
     finally:
