@@ -391,14 +391,23 @@ class LoadResult:
     client_cpu: float
     server_cpu: float
     failures: list[str]
+    lateness: list[float]  # open loop: the load generator's own delay in sending (`Driven`)
 
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.seconds
 
     def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return _percentile(self.latencies, q)
+
+    def late_percentile(self, q: float) -> float:
+        return _percentile(self.lateness, q)
+
+
+def _percentile(seconds: list[float], q: float) -> float:
+    """In milliseconds; 0 for no values."""
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
 
 
 def http_request(port: int, token: str, query: str) -> bytes:
@@ -421,45 +430,63 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def _drive(
-    port: int, requests: Sequence[bytes], concurrency: int, rate: float | None
-) -> tuple[list[float], list[str], float]:
+@dataclass
+class Driven:
+    latencies: list[float]
+    # Open loop: how late the generator woke to send a request it had a free connection for — its
+    # own delay, from a machine too busy to run it on time.
+    lateness: list[float]
+    failures: list[str]
+    seconds: float
+
+
+async def _drive(port: int, requests: Sequence[bytes], concurrency: int, rate: float | None) -> Driven:
     """Send `requests` over `concurrency` connections: back to back, or at `rate` per second in
-    all (then each latency counts from the request's scheduled time)."""
-    latencies: list[float] = []
-    failures: list[str] = []
+    all (then each latency counts from the request's scheduled time). Every connection is open
+    before the first request leaves: these are keep-alive clients, whose set-up is no request's
+    latency (on a busy machine a fixed head start was sometimes too short, and the first
+    requests of a round queued behind it)."""
+    connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)))
+    driven = Driven([], [], [], 0.0)
     queue = iter(requests)
     tickets = itertools.count()
-    began = time.perf_counter() + 0.05  # every connection open before the first tick
+    began = time.perf_counter()
 
-    async def client() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for request in queue:  # one shared iterator: the clients split the bounded work
                 if rate is None:
                     started = time.perf_counter()
                 else:
                     started = began + next(tickets) / rate
-                    await asyncio.sleep(max(0.0, started - time.perf_counter()))
+                    ahead = started - time.perf_counter()
+                    if ahead > 0:  # (else the request waited for a connection: the server's delay)
+                        await asyncio.sleep(ahead)
+                        driven.lateness.append(time.perf_counter() - started)
                 writer.write(request)
                 async with asyncio.timeout(30):
                     status, body = await _read_response(reader)
-                latencies.append(time.perf_counter() - started)
+                driven.latencies.append(time.perf_counter() - started)
                 if status != 200 or b'"errors"' in body:
-                    failures.append(f"{status}: {body[:200].decode(errors='replace')}")
+                    driven.failures.append(f"{status}: {body[:200].decode(errors='replace')}")
         finally:
             writer.close()
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies, failures, time.perf_counter() - started
+    await asyncio.gather(*(client(reader, writer) for reader, writer in connections))
+    driven.seconds = time.perf_counter() - began
+    return driven
 
 
 def load(server: Server, requests: Sequence[bytes], concurrency: int, rate: float | None = None) -> LoadResult:
     client_before, server_before = time.process_time(), server.cpu_seconds()
-    latencies, failures, seconds = asyncio.run(_drive(server.port, requests, concurrency, rate))
+    driven = asyncio.run(_drive(server.port, requests, concurrency, rate))
     return LoadResult(
-        latencies, seconds, time.process_time() - client_before, server.cpu_seconds() - server_before, failures
+        driven.latencies,
+        driven.seconds,
+        time.process_time() - client_before,
+        server.cpu_seconds() - server_before,
+        driven.failures,
+        driven.lateness,
     )
 
 
@@ -537,6 +564,7 @@ def _merged(runs: list[LoadResult]) -> LoadResult:
         sum(run.client_cpu for run in runs),
         sum(run.server_cpu for run in runs),
         [failure for run in runs for failure in run.failures],
+        [late for run in runs for late in run.lateness],
     )
 
 
@@ -585,10 +613,10 @@ def department_page(engine: Engine, api: Server, repeats: int) -> list[PageFigur
             for statement in statements:
                 print(f"#   {role}: {' '.join(statement.split())[:160]}", file=sys.stderr)
         request = http_request(api.port, token, DEPARTMENT_PAGE)
-        latencies, failures, _ = asyncio.run(_drive(api.port, [request] * repeats, 1, None))  # one keep-alive client
-        if failures:
-            raise RuntimeError(f"department page as {role} over HTTP: {failures[0]}")
-        timings = sorted(latency * 1000 for latency in latencies)
+        driven = asyncio.run(_drive(api.port, [request] * repeats, 1, None))  # one keep-alive client
+        if driven.failures:
+            raise RuntimeError(f"department page as {role} over HTTP: {driven.failures[0]}")
+        timings = sorted(latency * 1000 for latency in driven.latencies)
         figures.append(
             PageFigures(
                 role, rows, len(statements), statistics.median(timings), timings[int(0.99 * (len(timings) - 1))]
@@ -597,7 +625,19 @@ def department_page(engine: Engine, api: Server, repeats: int) -> list[PageFigur
     return figures
 
 
+def yardstick_ms() -> float:
+    """A fixed pure-Python loop, best of three: how fast this machine runs Python right now. On a
+    shared machine it moves from day to day, and every figure here moves with it."""
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(range(20_000_000))
+        timings.append(time.perf_counter() - started)
+    return min(timings) * 1000
+
+
 def bench(hub: Hub, args: argparse.Namespace) -> None:
+    print(f"# {hub.kind}: yardstick (sum(range(2*10**7)), best of 3) {yardstick_ms():.0f} ms")
     engine = make_engine(hub.url)
     env = _env(
         CAMPUSHUB_DATABASE_URL=hub.url,
@@ -641,6 +681,12 @@ def report(
             f"server CPU per request: graphql {api.server_cpu / requests * 1000:.2f} ms, "
             f"baseline {baseline.server_cpu / requests * 1000:.2f} ms; {requests:,} requests each"
         )
+        if suffix:
+            print(
+                f"the load generator's own delay in sending (a free connection, a late wake-up): p99 "
+                f"{api.late_percentile(0.99):.2f} ms in graphql's runs, {baseline.late_percentile(0.99):.2f} ms in "
+                "the baseline's — a machine too busy to run the generator on time; it counts in the latency"
+            )
         failures = api.failures + baseline.failures
         if failures:
             print(f"FAILURES ({len(failures)}): {failures[:3]}")

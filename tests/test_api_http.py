@@ -676,6 +676,14 @@ def test_production_makes_no_suggestions(hub_api: ApiHub) -> None:
     messages = [error["message"] for error in errors_of(response)]
     assert any("subjec" in message for message in messages)
     assert not any("Did you mean" in message for message in messages), messages
+    # Nor in the errors of variables, which come from execution: they would map the input types.
+    typo = "query Page($filter: StudentFilter) { students(filter: $filter) { edges { cursor } } }"
+    response = post(
+        hub_api.url, {"query": typo, "variables": {"filter": {"colegeCode": "x"}}}, student_headers(hub_api)
+    )
+    messages = [error["message"] for error in errors_of(response)]
+    assert any("colegeCode" in message for message in messages), messages
+    assert not any("Did you mean" in message for message in messages), messages
 
 
 def test_production_serves_no_graphiql(hub_api: ApiHub) -> None:
@@ -700,6 +708,9 @@ def test_development_allows_introspection_and_suggests(hub_api: ApiHub, dev_api:
     assert schema.json()["data"]["__schema"] == {"queryType": {"name": "Query"}, "mutationType": {"name": "Mutation"}}
     typo = post(dev_api, {"query": "{ me { subjec } }"}, headers)
     assert any("Did you mean 'subject'?" in error["message"] for error in errors_of(typo))
+    query = "query Page($filter: StudentFilter) { students(filter: $filter) { edges { cursor } } }"
+    typo = post(dev_api, {"query": query, "variables": {"filter": {"colegeCode": "x"}}}, headers)
+    assert any("Did you mean 'collegeCode'" in error["message"] for error in errors_of(typo))
 
 
 def test_development_serves_graphiql_on_get_for_html(dev_api: str) -> None:

@@ -332,6 +332,8 @@ class GraphQLApp:
             log.error("request %s failed at %s", request_id, error.path, exc_info=error.original_error)
             formatted["message"] = "internal error"
             extensions = {"code": "INTERNAL"}
+        elif not self.settings.development:  # (variables' errors come from execution, not validation)
+            formatted["message"] = _without_suggestions(error).message
         extensions["requestId"] = request_id
         formatted["extensions"] = extensions
         return formatted

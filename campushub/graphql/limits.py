@@ -20,11 +20,11 @@ from graphql import (
     FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
+    GraphQLField,
     GraphQLInterfaceType,
     GraphQLList,
     GraphQLNamedType,
     GraphQLObjectType,
-    GraphQLOutputType,
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
@@ -60,81 +60,116 @@ class Limits:
     max_operations: int = 5
 
 
-@dataclass
-class _Tally:
-    depth: int = 0
-    cost: int = 0
-    aliases: int = 0
+# Far past any limit: a document's figures stop here (`_Costing`).
+FIGURE_CAP = 10**9
 
 
-def _list_size(field: FieldNode, field_type: GraphQLOutputType) -> int:
+@dataclass(frozen=True, slots=True)
+class _Cost:
+    """What a selection set costs for one parent object: the depth it reaches below itself, its
+    fields (each list's selections counted once per item it may hold), and its aliases (as
+    written, fragments expanded: an alias names a field once however many items repeat it)."""
+
+    depth: int
+    cost: int
+    aliases: int
+
+
+def _list_size(field: FieldNode, definition: GraphQLField) -> int:
     """How many times a field's selections are repeated: 1 for a single object, the page size
-    for a connection, a declared size for a plain list."""
-    for argument in field.arguments or ():
-        if argument.name.value in ("first", "last"):
-            if isinstance(argument.value, IntValueNode):
-                return max(int(argument.value.value), 1)
-            return MAX_PAGE_SIZE  # a variable: assume the worst it may be
-    if isinstance(get_nullable_type(field_type), GraphQLList):
+    for a connection (its `first` or `last`, the argument's default when absent, the maximum when
+    a variable gives it), a declared size for a plain list."""
+    given = {argument.name.value: argument.value for argument in field.arguments or ()}
+    for name in ("first", "last"):
+        if name in given:
+            value = given[name]
+            return max(int(value.value), 1) if isinstance(value, IntValueNode) else MAX_PAGE_SIZE
+    for name in ("first", "last"):
+        argument = definition.args.get(name)
+        if argument is not None:
+            default = argument.default_value
+            return max(default, 1) if isinstance(default, int) else MAX_PAGE_SIZE
+    if isinstance(get_nullable_type(definition.type), GraphQLList):
         return LIST_SIZES.get(field.name.value, DEFAULT_PAGE_SIZE)
     return 1
 
 
-def _walk(
-    selection_set: SelectionSetNode | None,
-    parent: GraphQLNamedType,
-    context: tuple[GraphQLSchema, dict[str, FragmentDefinitionNode]],
-    depth: int,
-    multiplier: int,
-    tally: _Tally,
-) -> None:
-    if selection_set is None:
-        return
-    schema, fragments = context
-    tally.depth = max(tally.depth, depth)
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            if selection.alias is not None:
-                tally.aliases += 1
-            name = selection.name.value
-            definition = (
-                parent.fields.get(name) if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType) else None
-            )
-            tally.cost += multiplier
-            if definition is None or selection.selection_set is None:
-                continue  # a scalar, or an introspection field
-            size = _list_size(selection, definition.type)
-            _walk(
-                selection.selection_set, get_named_type(definition.type), context, depth + 1, multiplier * size, tally
-            )
-        elif isinstance(selection, InlineFragmentNode):
-            condition = schema.get_type(selection.type_condition.name.value) if selection.type_condition else parent
-            _walk(selection.selection_set, condition or parent, context, depth, multiplier, tally)
-        elif isinstance(selection, FragmentSpreadNode) and selection.name.value in fragments:
-            fragment = fragments[selection.name.value]
-            condition = schema.get_type(fragment.type_condition.name.value) or parent
-            _walk(fragment.selection_set, condition, context, depth, multiplier, tally)
+class _Costing:
+    """Costs the selection sets of one document. A fragment is costed once, however many times
+    it is spread: expanded afresh at each spread, fragments that each spread the next one twice
+    would double the work at every level — a document of a few hundred bytes, hours of walking.
+    Figures stop at `FIGURE_CAP`, so that they stay small numbers too."""
+
+    def __init__(self, schema: GraphQLSchema, document: DocumentNode) -> None:
+        self._schema = schema
+        self._fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
+        self._costed: dict[str, _Cost] = {}
+
+    def selections(self, selection_set: SelectionSetNode | None, parent: GraphQLNamedType) -> _Cost:
+        depth = cost = aliases = 0
+        for selection in selection_set.selections if selection_set else ():
+            if isinstance(selection, FieldNode):
+                part = self._field(selection, parent)
+                depth = max(depth, part.depth + 1)
+            elif isinstance(selection, InlineFragmentNode):
+                condition = selection.type_condition
+                part = self.selections(
+                    selection.selection_set,
+                    (self._schema.get_type(condition.name.value) if condition else parent) or parent,
+                )
+                depth = max(depth, part.depth)
+            elif isinstance(selection, FragmentSpreadNode) and selection.name.value in self._fragments:
+                part = self._fragment(selection.name.value, parent)
+                depth = max(depth, part.depth)
+            else:
+                continue
+            cost, aliases = cost + part.cost, aliases + part.aliases
+        return _Cost(min(depth, FIGURE_CAP), min(cost, FIGURE_CAP), min(aliases, FIGURE_CAP))
+
+    def _field(self, field: FieldNode, parent: GraphQLNamedType) -> _Cost:
+        alias = 1 if field.alias is not None else 0
+        fields = parent.fields if isinstance(parent, GraphQLObjectType | GraphQLInterfaceType) else {}
+        definition = fields.get(field.name.value)
+        if definition is None or field.selection_set is None:
+            return _Cost(0, 1, alias)  # a scalar, or an introspection field
+        below = self.selections(field.selection_set, get_named_type(definition.type))
+        size = _list_size(field, definition)
+        return _Cost(below.depth, 1 + size * below.cost, alias + below.aliases)
+
+    def _fragment(self, name: str, parent: GraphQLNamedType) -> _Cost:
+        if name not in self._costed:
+            fragment = self._fragments[name]
+            condition = self._schema.get_type(fragment.type_condition.name.value) or parent
+            self._costed[name] = self.selections(fragment.selection_set, condition)
+        return self._costed[name]
 
 
 def check_limits(schema: GraphQLSchema, document: DocumentNode, limits: Limits) -> list[GraphQLError]:
+    """Every operation of `document` against the limits. Run after graphql-core's validation,
+    which refuses fragment cycles and spreads of unknown fragments."""
     operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
     errors: list[GraphQLError] = []
     if len(operations) > limits.max_operations:
         errors.append(_limit_error(f"{len(operations)} operations in one document; at most {limits.max_operations}"))
+    costing = _Costing(schema, document)
     for operation in operations:
-        tally = _Tally()
         root = schema.get_root_type(operation.operation)
-        if root is not None:
-            _walk(operation.selection_set, root, (schema, fragments), 1, 1, tally)
+        if root is None:
+            continue
+        measured = costing.selections(operation.selection_set, root)
         name = operation.name.value if operation.name else "anonymous operation"
-        if tally.depth > limits.max_depth:
-            errors.append(_limit_error(f"{name}: depth {tally.depth} exceeds the maximum of {limits.max_depth}"))
-        if tally.cost > limits.max_cost:
-            errors.append(_limit_error(f"{name}: estimated cost {tally.cost} exceeds the budget of {limits.max_cost}"))
-        if tally.aliases > limits.max_aliases:
-            errors.append(_limit_error(f"{name}: {tally.aliases} aliases; at most {limits.max_aliases}"))
+        depth, cost, aliases = (_figure(value) for value in (measured.depth, measured.cost, measured.aliases))
+        if measured.depth > limits.max_depth:
+            errors.append(_limit_error(f"{name}: depth {depth} exceeds the maximum of {limits.max_depth}"))
+        if measured.cost > limits.max_cost:
+            errors.append(_limit_error(f"{name}: estimated cost {cost} exceeds the budget of {limits.max_cost}"))
+        if measured.aliases > limits.max_aliases:
+            errors.append(_limit_error(f"{name}: {aliases} aliases; at most {limits.max_aliases}"))
     return errors
+
+
+def _figure(value: int) -> str:
+    return f"over {FIGURE_CAP}" if value >= FIGURE_CAP else str(value)
 
 
 def _limit_error(message: str) -> GraphQLError:
