@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from sqlalchemy import delete, select, update
 
-from campushub.models.service import CorrectionRequest, Notification, WorkOrder
+from campushub.models.service import AuditEntry, CorrectionRequest, Notification, WorkOrder
 from tests.api_support import Api, ApiHub
 
 PREFILL = '{ prefill(formId: "enrollment_certificate") { fields { name value quality } } }'
@@ -136,3 +136,69 @@ def test_bad_answers_are_refused_and_leave_no_work_order(hub_api: ApiHub) -> Non
         assert answer["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", case
     with hub_api.engine.connect() as connection:
         assert connection.execute(select(WorkOrder.id)).all() == before
+
+
+def test_a_correction_keeps_the_held_id_number_masked_even_from_a_form_that_shows_it_in_full(
+    hub_api: ApiHub,
+) -> None:
+    student = hub_api.as_role("student")
+    served = {f["name"]: f["value"] for f in student.query(PREFILL)["data"]["prefill"]["fields"]}
+    assert "*" not in served["id_number"]  # the enrollment certificate declares the full number
+    order = submit(student, {"id_number": "号码有误"})
+    with hub_api.engine.connect() as connection:
+        correction = (
+            connection.execute(
+                select(CorrectionRequest.__table__)
+                .where(CorrectionRequest.work_order_id.is_not(None))
+                .where(CorrectionRequest.note == "号码有误")
+            )
+            .mappings()
+            .one()
+        )
+    held = correction["current_value"]
+    assert held != served["id_number"] and held[:3] == served["id_number"][:3] and held[-4:] == served["id_number"][-4:]
+    assert "*" in held
+    # As the deciding department reads it.
+    answer = hub_api.as_role("steward").query("{ corrections(first: 100) { nodes { id currentValue } } }")
+    shown = {node["id"]: node["currentValue"] for node in answer["data"]["corrections"]["nodes"]}
+    assert shown[str(correction["id"])] == held
+    assert order["id"]
+
+
+def test_listing_work_orders_audits_every_field_it_releases(hub_api: ApiHub) -> None:
+    order = submit(hub_api.as_role("student"))
+    officer = hub_api.as_role("college_officer")
+    answer = officer.query("{ workOrders(first: 100) { nodes { id fields { name } } } }")
+    listed = {node["id"]: [f["name"] for f in node["fields"]] for node in answer["data"]["workOrders"]["nodes"]}
+    assert order["id"] in listed
+    with hub_api.engine.connect() as connection:
+        rows = connection.execute(
+            select(AuditEntry.fields).where(AuditEntry.actor_role == "college_officer", AuditEntry.purpose == "process")
+        ).scalars()
+        audited = [fields for fields in rows]
+    assert listed[order["id"]] in audited  # the fields by name, as released
+
+
+def test_the_public_verification_page_masks_the_name_as_it_masks_the_requester(hub_api: ApiHub) -> None:
+    order = submit(hub_api.as_role("student"))
+    verify = hub_api.url.removesuffix("/graphql") + "/api/verify"
+    found = httpx.get(verify, params={"code": order["verificationCode"]}).json()
+    name = next(f["display"] for f in order["fields"] if f["name"] == "name")
+    shown = {field["label"]: field["display"] for field in found["fields"]}
+    assert name not in shown.values()
+    assert found["requesterName"] in shown.values() and found["requesterName"].startswith(name[0])
+
+
+def test_a_typed_id_number_is_sealed_in_full_only_where_the_form_needs_the_full_number() -> None:
+    from campushub.graphql.forms import catalog
+    from campushub.graphql.prefill import Missing
+    from campushub.graphql.workorders import _snapshot_field
+
+    typed = "440102199001011234"
+    for form_id, sealed in (("card_replacement", False), ("enrollment_certificate", True)):
+        form_field = next(f for f in catalog()[form_id].fields if f.path == "person.id_number")
+        answer = {"name": form_field.name, "confirmed": False, "value": typed, "note": None}
+        field, corrected = _snapshot_field(form_field, Missing("no source system holds an ID number"), answer)
+        assert not corrected
+        assert typed not in (field["value"], field["display"]), form_id
+        assert ("sealed" in field) is sealed, form_id

@@ -41,7 +41,15 @@ UNIVERSITY = "广东海洋大学"
 FONT = "STSong-Light"  # a standard Adobe CJK font: PDF readers supply it, nothing to embed
 
 
-@cache
+def _public_display(field: Mapping[str, Any], name: str, masked_name: str) -> str:
+    """A field as the public verification page shows it, to anyone holding the code: the phone
+    masked, and the person's name as masked as the requester's."""
+    display = field["display"] or ""
+    if field["name"] == "phone":
+        return mask_phone(display)
+    return masked_name if name and display == name else display
+
+
 def _register_font() -> None:
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
@@ -166,17 +174,18 @@ class DocumentRoutes:
                 connection.commit()
             snapshot = row["snapshot"]
             name = snapshot.get("requester_name") or ""
+            masked_name = name[:1] + "*" * (len(name) - 1)
             return {
                 "valid": True,
                 "workOrder": row["public_id"],
                 "formTitle": snapshot["form_title"],
                 "issuedAt": snapshot["created_at"],
                 "status": STATUS_LABELS[row["status"]],
-                "requesterName": name[:1] + "*" * (len(name) - 1),
+                "requesterName": masked_name,
                 "fields": [
                     {
                         "label": field["label"],
-                        "display": mask_phone(field["display"]) if field["name"] == "phone" else field["display"],
+                        "display": _public_display(field, name, masked_name),
                         "sourceLabel": field["source_label"],
                     }
                     for field in shown_fields(snapshot)

@@ -37,6 +37,7 @@ from campushub.graphql.limits import bad_input, bounded_text, parse_key
 from campushub.graphql.prefill import Filled, entities_of, fill
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.protect import decrypt_id, encrypt_id, mask_id
+from campushub.models.quality import mask_phone
 from campushub.models.secrets import secret
 from campushub.models.service import CorrectionRequest, Notification, WorkOrder
 from campushub.models.sources import LABELS, OWNERS
@@ -295,8 +296,9 @@ def work_orders_to_process(
         own = select(Student.person_id).where(Student.college_id == context.org_unit_id)
         query = query.where(WorkOrder.subject_person_id.in_(own))
     rows, more = page(context.connection, query, WorkOrder.id, "work_order", first, after, parse=int)
-    for row in rows:
-        context.audit.read(row["subject_person_id"], "work_order", ("summary",), "process")
+    for row in rows:  # every field of each is released: each is named
+        fields = [field["name"] for field in row["snapshot"]["fields"]]
+        context.audit.read(row["subject_person_id"], "work_order", fields, "process")
     end = encode_cursor("work_order", str(rows[-1]["id"])) if rows else None
     return WorkOrderConnection(
         nodes=[WorkOrderType.of(row) for row in rows], page_info=PageInfo(has_next_page=more, end_cursor=end)
@@ -376,14 +378,27 @@ def _snapshot_field(form_field: Any, outcome: Any, answer: dict[str, Any]) -> tu
         "self_declared": True,
         "note": note,
     }
-    if form_field.path == "person.id_number":
-        field["sealed"] = encrypt_id(value).decode()
+    if form_field.path == ID_NUMBER_PATH:  # never in the clear; in full only where the form needs it
+        if form_field.full_id_number:
+            field["sealed"] = encrypt_id(value).decode()
         field["value"] = field["display"] = _masked(value)
     return field, corrected
 
 
 def _masked(number: str) -> str:
     return mask_id(number) if len(number) > 7 else "*" * len(number)
+
+
+ID_NUMBER_PATH = "person.id_number"
+# What a correction request keeps of the value the hub holds: the department deciding it holds
+# the value in its own system, and reads it there by the request's source key.
+HELD_VALUE_MASKS = {ID_NUMBER_PATH: _masked, "person.phone": mask_phone}
+
+
+def _held_value(form: Form, field_name: str, shown: str) -> str:
+    path = next((field.path for field in form.fields if field.name == field_name), None)
+    mask = HELD_VALUE_MASKS.get(path or "")
+    return mask(shown) if mask else shown
 
 
 def submit_work_order(context: RequestContext, form_id: str, answers: list[dict[str, Any]]) -> WorkOrderType:
@@ -439,7 +454,7 @@ def submit_work_order(context: RequestContext, form_id: str, answers: list[dict[
                 source=outcome.source,
                 source_key=outcome.source_key,
                 owner=OWNERS.get(outcome.source, "网络与信息中心"),
-                current_value=outcome.display[:256],
+                current_value=_held_value(form, field["name"], outcome.display)[:256],
                 claimed_value=(field["display"] or "")[:256],
                 note=field["note"],
                 status="open",
