@@ -202,3 +202,26 @@ def test_a_typed_id_number_is_sealed_in_full_only_where_the_form_needs_the_full_
         assert not corrected
         assert typed not in (field["value"], field["display"]), form_id
         assert ("sealed" in field) is sealed, form_id
+
+
+def test_a_mutation_that_fails_half_way_answers_and_releases_nothing(hub_api: ApiHub) -> None:
+    student = hub_api.as_role("student")
+    given = answers(student)
+    both = """mutation Both($answers: [AnswerInput!]!) {
+      done: submitWorkOrder(formId: "enrollment_certificate", answers: $answers) { id verificationCode }
+      refused: submitWorkOrder(formId: "staff_income_certificate", answers: $answers) { id }
+    }"""
+    with hub_api.engine.connect() as connection:
+        before = connection.execute(select(WorkOrder.id)).all()
+    response = student.post(both, {"answers": given})
+    answer = response.json()
+    assert answer["data"] is None  # no id of a work order that was rolled back
+    assert [(error["path"], error["extensions"]["code"]) for error in answer["errors"]] == [(["refused"], "FORBIDDEN")]
+    with hub_api.engine.connect() as connection:
+        assert connection.execute(select(WorkOrder.id)).all() == before
+        audited = connection.execute(
+            select(AuditEntry.entity, AuditEntry.outcome).where(
+                AuditEntry.request_id == response.headers["X-Request-ID"]
+            )
+        ).all()
+    assert audited == [("form", "denied")]  # the refusal on record; no read of what was withheld

@@ -284,6 +284,12 @@ class GraphQLApp:
                     raise TimeoutError(f"past the deadline of {REQUEST_TIMEOUT_S} s")
             if query:  # its rows go with those of the queries beside it (`TurnWriter`)
                 return self._body(result, request_id), audit.rows(dt.datetime.now(dt.UTC))
+            if result.errors:
+                # All or nothing: what its other fields did is rolled back, so nothing of it is
+                # answered (an id of a work order that does not exist) or audited as released.
+                # Its refusals stay on record.
+                result = ExecutionResult(data=None, errors=result.errors)
+                audit.keep_only_refusals()
 
             def with_the_mutation() -> None:  # no read without its audit row: committed together
                 audit.write(connection)

@@ -44,6 +44,11 @@ class AuditTrail:
     ) -> None:
         self._entries[subject, entity, purpose, DENIED, why[:256]].update(dict.fromkeys(fields))
 
+    def keep_only_refusals(self) -> None:
+        """Forgets the reads noted so far (their answer was withheld); the refusals stay."""
+        for key in [key for key in self._entries if key[3] != DENIED]:
+            del self._entries[key]
+
     def __len__(self) -> int:
         return len(self._entries)
 
