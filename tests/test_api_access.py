@@ -621,3 +621,42 @@ def test_non_stewards_cannot_resolve(hub_api: ApiHub, own_conflict: int) -> None
     with hub_api.engine.connect() as connection:
         status = connection.execute(select(Conflict.status).where(Conflict.id == own_conflict)).scalar_one()
     assert status == "open"
+
+
+def test_a_list_is_filtered_only_by_fields_the_role_was_granted(hub_api: ApiHub) -> None:
+    librarian = hub_api.as_role("librarian")
+    by_class = "query($f: StudentFilter) { students(first: 5, filter: $f) { edges { node { studentNo } } } }"
+    for criteria, field in (
+        ({"classCode": "X"}, "classGroup"),
+        ({"collegeCode": "X"}, "college"),
+        ({"majorCode": "X"}, "major"),
+        ({"entryYear": 2024}, "entryYear"),
+    ):
+        answer, request_id = ask(librarian, by_class, {"f": criteria})
+        assert error_codes(answer) == [FORBIDDEN], criteria
+        assert answer["data"] is None or answer["data"]["students"] is None
+        (row,) = audit_rows(hub_api.engine, request_id)
+        assert (row["outcome"], row["entity"], row["fields"]) == ("denied", "student", [field])
+    # A granted field filters.
+    answer, _ = ask(librarian, by_class, {"f": {"status": "01"}})
+    assert "errors" not in answer and answer["data"]["students"]["edges"]
+
+
+def test_reading_only_cursors_reads_the_keys_they_carry_and_is_audited(hub_api: ApiHub) -> None:
+    officer = hub_api.as_role("college_officer")
+    answer, request_id = ask(officer, "{ students(first: 5) { edges { cursor } pageInfo { endCursor } } }")
+    assert "errors" not in answer, answer
+    cursors = [edge["cursor"] for edge in answer["data"]["students"]["edges"]]
+    assert len(cursors) == 5 and answer["data"]["students"]["pageInfo"]["endCursor"] == cursors[-1]
+    rows = audit_rows(hub_api.engine, request_id)
+    assert len(rows) == 5  # one per student whose 学号 a cursor carries
+    assert all((row["outcome"], row["fields"]) == ("allowed", ["studentNo"]) for row in rows)
+    # The end cursor alone carries the last student's.
+    answer, request_id = ask(officer, "{ students(first: 5) { pageInfo { endCursor } } }")
+    assert answer["data"]["students"]["pageInfo"]["endCursor"] == cursors[-1]
+    assert [row["fields"] for row in audit_rows(hub_api.engine, request_id)] == [["studentNo"]]
+    # Pages follow on from a cursor as before.
+    after = officer.query(
+        "query($a: String) { students(first: 2, after: $a) { edges { node { studentNo } } } }", {"a": cursors[1]}
+    )
+    assert len(after["data"]["students"]["edges"]) == 2

@@ -50,6 +50,7 @@ def _public_display(field: Mapping[str, Any], name: str, masked_name: str) -> st
     return masked_name if name and display == name else display
 
 
+@cache
 def _register_font() -> None:
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont

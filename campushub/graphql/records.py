@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import graphene
@@ -103,6 +104,36 @@ class PaymentRecord(graphene.ObjectType):
 class PageInfo(graphene.ObjectType):
     has_next_page = graphene.Boolean(required=True)
     end_cursor = graphene.String()
+
+    # A cursor into a list of people carries the last row's key (学号, 工号): read as that field
+    # is, guarded and audited (`keyed_page_info`). Other lists' cursors carry internal ids.
+    revealed_by: Callable[[GraphQLResolveInfo], str] | None = None
+
+    @staticmethod
+    def resolve_end_cursor(page_info: PageInfo, info: GraphQLResolveInfo) -> str | None:
+        if page_info.revealed_by is not None:
+            return page_info.revealed_by(info)
+        return page_info.end_cursor
+
+
+def _key_reader(entity: str, key_field: str, key_column: str) -> Callable[[View, GraphQLResolveInfo], str]:
+    """A cursor carrying a row's key (学号, 工号) is that field read: allowed and audited, or
+    refused, as the field is."""
+    return guarded(key_field, lambda view, _: encode_cursor(entity, view.row[key_column]))
+
+
+def keyed_cursor(entity: str, key_field: str, key_column: str) -> Callable[..., str]:
+    """The resolver of the cursor of a list edge whose node is a `View`."""
+    read = _key_reader(entity, key_field, key_column)
+    return lambda edge, info: read(edge.node, info)
+
+
+def keyed_page_info(more: bool, last: View | None, entity: str, key_field: str, key_column: str) -> PageInfo:
+    """A page's info whose end cursor carries the key of the page's last row."""
+    page_info = PageInfo(has_next_page=more, end_cursor=None)
+    if last is not None:
+        page_info.revealed_by = partial(_key_reader(entity, key_field, key_column), last)
+    return page_info
 
 
 # ------------------------------------------------------------------------------ loaders

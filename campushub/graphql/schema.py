@@ -33,6 +33,8 @@ from campushub.graphql.records import (
     View,
     encode_cursor,
     expect_for_students,
+    keyed_cursor,
+    keyed_page_info,
     page,
     staff_query,
     student_query,
@@ -335,8 +337,22 @@ class StaffFilter(graphene.InputObjectType):
     title_code = graphene.String()
 
 
+# Each filter narrows a list by a field, so it reads that field of every row it passes over: a
+# role may filter only by the fields it was granted (permissions.yaml).
+FILTERED_FIELDS = {
+    "student": {
+        "college_code": "college",
+        "major_code": "major",
+        "class_code": "classGroup",
+        "status": "status",
+        "entry_year": "entryYear",
+    },
+    "staff": {"department_code": "department", "title_code": "title"},
+}
+
+
 class StudentEdge(graphene.ObjectType):
-    cursor = graphene.String(required=True)
+    cursor = graphene.String(required=True, resolver=keyed_cursor("student", "studentNo", "student_no"))
     node = graphene.Field(StudentType, required=True)
 
 
@@ -346,7 +362,7 @@ class StudentConnection(graphene.ObjectType):
 
 
 class StaffEdge(graphene.ObjectType):
-    cursor = graphene.String(required=True)
+    cursor = graphene.String(required=True, resolver=keyed_cursor("staff", "staffNo", "staff_no"))
     node = graphene.Field(StaffType, required=True)
 
 
@@ -355,10 +371,16 @@ class StaffConnection(graphene.ObjectType):
     page_info = graphene.Field(PageInfo, required=True)
 
 
-def _scoped(context: RequestContext, entity: str, query: Select[Any], org_column: Any) -> Select[Any]:
+def _scoped(
+    context: RequestContext, entity: str, query: Select[Any], org_column: Any, criteria: dict[str, Any]
+) -> Select[Any]:
     grant = context.role.grant(entity)
     if grant is None:
         raise context.refuse(entity, None, "list not granted")
+    used = [FILTERED_FIELDS[entity][name] for name, value in criteria.items() if value]  # (as they apply)
+    refused = [field for field in used if field not in grant.fields]
+    if refused:
+        raise context.refuse(entity, None, f"filter by {', '.join(refused)} not granted", refused)
     if grant.scope == "own_college":
         own = select(OrgUnit.id).where(OrgUnit.code == context.principal.org_unit).scalar_subquery()
         query = query.where(org_column == own)
@@ -515,7 +537,10 @@ class Query(graphene.ObjectType):
         _: Any, info: GraphQLResolveInfo, first: int, filter: dict | None = None, after: str | None = None
     ) -> StudentConnection:
         context: RequestContext = info.context
-        query = _students_filtered(_scoped(context, "student", student_query(), StudentRow.college_id), filter or {})
+        criteria = filter or {}
+        query = _students_filtered(
+            _scoped(context, "student", student_query(), StudentRow.college_id, criteria), criteria
+        )
         rows, more = page(context.connection, query, StudentRow.student_no, "student", first, after)
         expect_for_students(context, rows)
         edges = []
@@ -523,9 +548,11 @@ class Query(graphene.ObjectType):
             access = context.access("student", row["person_id"], row["college_id"])
             if access is None:  # cannot happen for a scoped query; refuse rather than trust it
                 raise context.refuse("student", row["person_id"], "row outside scope")
-            edges.append(StudentEdge(cursor=encode_cursor("student", row["student_no"]), node=View(row, access)))
-        end = edges[-1].cursor if edges else None
-        return StudentConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))
+            edges.append(StudentEdge(node=View(row, access)))
+        last = edges[-1].node if edges else None
+        return StudentConnection(
+            edges=edges, page_info=keyed_page_info(more, last, "student", "studentNo", "student_no")
+        )
 
     @staticmethod
     def resolve_student(_: Any, info: GraphQLResolveInfo, student_no: str) -> View | None:
@@ -543,8 +570,8 @@ class Query(graphene.ObjectType):
         _: Any, info: GraphQLResolveInfo, first: int, filter: dict | None = None, after: str | None = None
     ) -> StaffConnection:
         context: RequestContext = info.context
-        query = _scoped(context, "staff", staff_query(), StaffRow.department_id)
         criteria = filter or {}
+        query = _scoped(context, "staff", staff_query(), StaffRow.department_id, criteria)
         if criteria.get("department_code"):
             query = query.where(
                 StaffRow.department_id
@@ -558,9 +585,9 @@ class Query(graphene.ObjectType):
             access = context.access("staff", row["person_id"], row["department_id"])
             if access is None:
                 raise context.refuse("staff", row["person_id"], "row outside scope")
-            edges.append(StaffEdge(cursor=encode_cursor("staff", row["staff_no"]), node=View(row, access)))
-        end = edges[-1].cursor if edges else None
-        return StaffConnection(edges=edges, page_info=PageInfo(has_next_page=more, end_cursor=end))
+            edges.append(StaffEdge(node=View(row, access)))
+        last = edges[-1].node if edges else None
+        return StaffConnection(edges=edges, page_info=keyed_page_info(more, last, "staff", "staffNo", "staff_no"))
 
     @staticmethod
     def resolve_staff_member(_: Any, info: GraphQLResolveInfo, staff_no: str) -> View | None:
