@@ -660,3 +660,37 @@ def test_reading_only_cursors_reads_the_keys_they_carry_and_is_audited(hub_api: 
         "query($a: String) { students(first: 2, after: $a) { edges { node { studentNo } } } }", {"a": cursors[1]}
     )
     assert len(after["data"]["students"]["edges"]) == 2
+
+
+def test_a_finance_page_costs_the_same_statements_whatever_its_size(hub_api: ApiHub) -> None:
+    """Bills and payments are loaded for the whole page at once, as fee status is: a page's
+    statements do not grow with its students."""
+    import threading
+
+    from sqlalchemy import event
+
+    from campushub.graphql.sqlite_writes import CHECKPOINT_THREAD
+
+    finance = hub_api.as_role("finance_officer")
+    page = (
+        "{ students(first: %d) { edges { node { studentNo feeStatus { settled } "
+        "bills { billNo amountFen } payments { paymentNo amountFen } } } } }"
+    )
+    counted: dict[int, list[str]] = {}
+    for size in (5, 20):
+        statements: list[str] = []
+
+        def count(_connection: Any, _cursor: Any, statement: str, *_: Any, into: list[str] = statements) -> None:
+            if threading.current_thread().name != CHECKPOINT_THREAD:
+                into.append(statement)
+
+        event.listen(hub_api.engine, "before_cursor_execute", count)
+        try:
+            answer = finance.query(page % size)
+        finally:
+            event.remove(hub_api.engine, "before_cursor_execute", count)
+        assert "errors" not in answer, answer
+        edges = answer["data"]["students"]["edges"]
+        assert len(edges) == size and any(edge["node"]["bills"] for edge in edges)
+        counted[size] = statements
+    assert len(counted[5]) == len(counted[20]) <= 5, counted[20]  # rows, fees, bills, payments, audit

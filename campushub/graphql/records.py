@@ -18,7 +18,7 @@ import graphene
 from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import Connection, RowMapping, Select, case, func, select
 
-from campushub.graphql.context import ID_NUMBER, Access, RequestContext
+from campushub.graphql.context import ID_NUMBER, Access, BatchLoader, RequestContext
 from campushub.graphql.limits import MAX_KEY, check_page_size
 from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.quality import mask_phone
@@ -137,11 +137,6 @@ def keyed_page_info(more: bool, last: View | None, entity: str, key_field: str, 
 
 
 # ------------------------------------------------------------------------------ loaders
-def _units(connection: Connection, table: Any, ids: list[int]) -> dict[int, Unit]:
-    rows = connection.execute(select(table.c.id, table.c.code, table.c.name).where(table.c.id.in_(ids)))
-    return {row.id: Unit(code=row.code, name=row.name) for row in rows}
-
-
 def fee_statuses(connection: Connection, student_nos: list[str]) -> dict[str, FeeStatus]:
     owed = case((FeeBill.amount_fen > FeeBill.paid_fen, FeeBill.amount_fen - FeeBill.paid_fen), else_=0)
     query = (
@@ -163,22 +158,71 @@ def fee_statuses(connection: Connection, student_nos: list[str]) -> dict[str, Fe
     }
 
 
+def bills_of(connection: Connection, student_nos: list[str]) -> dict[str, list[Bill]]:
+    query = (
+        select(FeeBill.__table__)
+        .where(FeeBill.student_no.in_(student_nos), FeeBill.deleted_at.is_(None))
+        .order_by(FeeBill.student_no, FeeBill.bill_no)
+    )
+    found: dict[str, list[Bill]] = {student_no: [] for student_no in student_nos}
+    for bill in connection.execute(query):
+        found[bill.student_no].append(
+            Bill(
+                bill_no=bill.bill_no,
+                item=bill.item_name,
+                academic_year=bill.academic_year,
+                amount_fen=bill.amount_fen,
+                paid_fen=bill.paid_fen,
+                status=bill.status,
+                due_on=bill.due_on,
+            )
+        )
+    return found
+
+
+def payments_of(connection: Connection, student_nos: list[str]) -> dict[str, list[PaymentRecord]]:
+    query = (
+        select(Payment.__table__)
+        .where(Payment.student_no.in_(student_nos), Payment.deleted_at.is_(None))
+        .order_by(Payment.student_no, Payment.paid_at)
+    )
+    found: dict[str, list[PaymentRecord]] = {student_no: [] for student_no in student_nos}
+    for payment in connection.execute(query):
+        found[payment.student_no].append(
+            PaymentRecord(
+                payment_no=payment.payment_no,
+                bill_no=payment.bill_no,
+                amount_fen=payment.amount_fen,
+                channel=payment.channel,
+                paid_at=payment.paid_at,
+            )
+        )
+    return found
+
+
+# What the loaders fetch, a batch of keys at a time: name -> (fetch, the students' key column).
+LOADERS: dict[str, tuple[Callable[[Connection, list[Any]], dict[Any, Any]], str]] = {
+    "fees": (fee_statuses, "student_no"),
+    "bills": (bills_of, "student_no"),
+    "payments": (payments_of, "student_no"),
+}
+
+
+def _loader(context: RequestContext, name: str) -> BatchLoader[Any, Any]:
+    fetch = LOADERS[name][0]
+    return context.loader(name, lambda keys: fetch(context.connection, keys))
+
+
 def _load(context: RequestContext, name: str, key: Any) -> Any:
-    fetchers: dict[str, Callable[[list[Any]], dict[Any, Any]]] = {
-        "org_unit": lambda ids: _units(context.connection, OrgUnit.__table__, ids),
-        "fees": lambda nos: fee_statuses(context.connection, nos),
-    }
-    return context.loader(name, fetchers[name]).load(key)
+    return _loader(context, name).load(key)
 
 
 def expect_for_students(context: RequestContext, rows: Sequence[RowMapping]) -> None:
-    """Tell the loaders which keys a page of students will ask for: one query each, whatever
-    the page size. (Majors and classes need none: `student_query` joins them.)"""
-    fetchers = {
-        "fees": (lambda nos: fee_statuses(context.connection, nos), "student_no"),
-    }
-    for name, (fetch, key) in fetchers.items():
-        context.loader(name, fetch).expect(row[key] for row in rows)
+    """Tell the loaders which keys a page of students will ask for: one query each for the
+    fields the page asks for, whatever its size. (Majors and classes need none: `student_query`
+    joins them.)"""
+    for name, (_, key) in LOADERS.items():
+        _loader(context, name).expect(row[key] for row in rows)
 
 
 # ------------------------------------------------------------------------------ Student
@@ -224,44 +268,6 @@ def _id_number(view: View, _: RequestContext) -> str | None:
     return decrypt_id(cipher) if cipher is not None else None
 
 
-def _bills(view: View, context: RequestContext) -> list[Bill]:
-    query = (
-        select(FeeBill.__table__)
-        .where(FeeBill.student_no == view.row["student_no"], FeeBill.deleted_at.is_(None))
-        .order_by(FeeBill.bill_no)
-    )
-    return [
-        Bill(
-            bill_no=bill.bill_no,
-            item=bill.item_name,
-            academic_year=bill.academic_year,
-            amount_fen=bill.amount_fen,
-            paid_fen=bill.paid_fen,
-            status=bill.status,
-            due_on=bill.due_on,
-        )
-        for bill in context.connection.execute(query)
-    ]
-
-
-def _payments(view: View, context: RequestContext) -> list[PaymentRecord]:
-    query = (
-        select(Payment.__table__)
-        .where(Payment.student_no == view.row["student_no"], Payment.deleted_at.is_(None))
-        .order_by(Payment.paid_at)
-    )
-    return [
-        PaymentRecord(
-            payment_no=payment.payment_no,
-            bill_no=payment.bill_no,
-            amount_fen=payment.amount_fen,
-            channel=payment.channel,
-            paid_at=payment.paid_at,
-        )
-        for payment in context.connection.execute(query)
-    ]
-
-
 class StudentType(graphene.ObjectType):
     """A student as academic affairs registers them; the person fields are the golden record's."""
 
@@ -298,8 +304,13 @@ class StudentType(graphene.ObjectType):
     fee_status = graphene.Field(
         FeeStatus, resolver=guarded("feeStatus", lambda v, c: _load(c, "fees", v.row["student_no"]))
     )
-    bills = graphene.List(graphene.NonNull(Bill), resolver=guarded("bills", _bills))
-    payments = graphene.List(graphene.NonNull(PaymentRecord), resolver=guarded("payments", _payments))
+    bills = graphene.List(
+        graphene.NonNull(Bill), resolver=guarded("bills", lambda v, c: _load(c, "bills", v.row["student_no"]))
+    )
+    payments = graphene.List(
+        graphene.NonNull(PaymentRecord),
+        resolver=guarded("payments", lambda v, c: _load(c, "payments", v.row["student_no"])),
+    )
 
 
 # -------------------------------------------------------------------------------- Staff
