@@ -629,3 +629,73 @@ def test_a_reading_connection_opens_no_transaction_and_leaves_sqlite_its_compile
                 connection.execute(insert(Person).values(name="学生", created_at=utcnow(), updated_at=utcnow()))
             with engine.connect() as connection:
                 assert connection.execute(select(Person.id)).all() == []
+
+
+def _upgraded(engine: Any) -> Any:
+    upgrade(engine)
+    return engine
+
+
+@DATABASES
+def test_a_transfer_moves_a_students_and_a_staff_members_keys_to_their_new_units(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """The unified rows keep their foreign keys across upserts; the codes a transfer changes
+    must move them (a college officer's scope follows `college_id`)."""
+    from campushub.models.unified import ClassGroup, Major, OrgUnit, Staff, Student
+    from campushub.models.unify import link_references
+
+    units = {"old": ("C01", "H01", "M01", "K01"), "new": ("C02", "H02", "M02", "K02")}
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+        for which, (college, department, major, klass) in units.items():
+            connection.execute(
+                insert(OrgUnit).values(
+                    code=college, name=f"{which} college", kind="college", academic_code=college, row_hash=""
+                )
+            )
+            connection.execute(
+                insert(OrgUnit).values(
+                    code=department, name=f"{which} office", kind="office", hr_code=department, row_hash=""
+                )
+            )
+            connection.execute(
+                insert(Major).values(code=major, name=f"{which} major", college_code=college, row_hash="")
+            )
+            connection.execute(
+                insert(ClassGroup).values(code=klass, name=f"{which} class", major_code=major, row_hash="")
+            )
+        old_college, _, old_major, old_class = units["old"]
+        connection.execute(
+            insert(Student).values(
+                student_no="S1", college_code=old_college, major_code=old_major, class_code=old_class, row_hash=""
+            )
+        )
+        connection.execute(insert(Staff).values(staff_no="T1", department_code=units["old"][1], row_hash=""))
+        link_references(connection)
+
+        def keys() -> tuple[tuple[str, str, str], str]:
+            student = connection.execute(
+                select(OrgUnit.code, Major.code, ClassGroup.code)
+                .select_from(Student)
+                .join(OrgUnit, OrgUnit.id == Student.college_id)
+                .join(Major, Major.id == Student.major_id)
+                .join(ClassGroup, ClassGroup.id == Student.class_id)
+            ).one()
+            department = connection.execute(
+                select(OrgUnit.code).select_from(Staff).join(OrgUnit, OrgUnit.id == Staff.department_id)
+            ).scalar_one()
+            return tuple(student), department  # type: ignore[return-value]
+
+        assert keys() == ((old_college, old_major, old_class), units["old"][1])
+        new_college, new_department, new_major, new_class = units["new"]
+        # What an upsert of the transferred records writes: the new codes, the old keys kept.
+        connection.execute(
+            Student.__table__.update().values(college_code=new_college, major_code=new_major, class_code=new_class)
+        )
+        connection.execute(Staff.__table__.update().values(department_code=new_department))
+        link_references(connection)
+        assert keys() == ((new_college, new_major, new_class), new_department)
+        # A code left empty leaves no key behind.
+        connection.execute(Student.__table__.update().values(class_code=None))
+        link_references(connection)
+        assert connection.execute(select(Student.class_id)).scalar_one() is None

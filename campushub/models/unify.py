@@ -778,21 +778,43 @@ def link_references(connection: Connection) -> None:
             WHERE NOT EXISTS (SELECT 1 FROM org_unit WHERE code = '{UNIVERSITY_CODE}')""",
         f"""UPDATE org_unit SET parent_id = (SELECT id FROM org_unit WHERE code = '{UNIVERSITY_CODE}')
             WHERE code <> '{UNIVERSITY_CODE}' AND parent_id IS NULL""",
-        """UPDATE major SET college_id = (SELECT id FROM org_unit WHERE academic_code = major.college_code)
-           WHERE college_id IS NULL""",
-        """UPDATE class_group SET major_id = (SELECT id FROM major WHERE code = class_group.major_code)
-           WHERE major_id IS NULL""",
-        """UPDATE student SET
-             college_id = (SELECT id FROM org_unit WHERE academic_code = student.college_code),
-             major_id = (SELECT id FROM major WHERE code = student.major_code),
-             class_id = (SELECT id FROM class_group WHERE code = student.class_code)
-           WHERE college_id IS NULL OR major_id IS NULL OR class_id IS NULL""",
-        """UPDATE staff SET department_id = (SELECT id FROM org_unit WHERE hr_code = staff.department_code)
-           WHERE department_id IS NULL""",
+        _relink("major", {"college_id": ("org_unit", "academic_code", "college_code")}),
+        _relink("class_group", {"major_id": ("major", "code", "major_code")}),
+        _relink(
+            "student",
+            {
+                "college_id": ("org_unit", "academic_code", "college_code"),
+                "major_id": ("major", "code", "major_code"),
+                "class_id": ("class_group", "code", "class_code"),
+            },
+        ),
+        _relink("staff", {"department_id": ("org_unit", "hr_code", "department_code")}),
     ]
+    if connection.dialect.name == "postgresql":
+        # Checking every student's keys against their codes is estimated dear enough for
+        # PostgreSQL to compile it to machine code first — 330 of 350 ms at 50,000 students,
+        # for a scan that finds what changed through hashed look-ups.
+        connection.execute(text("SET LOCAL jit = off"))
     for statement in statements:
         connection.execute(text(statement))
     _name_positions(connection)
+
+
+def _relink(table: str, references: dict[str, tuple[str, str, str]]) -> str:
+    """An UPDATE that points each of `table`'s foreign keys at the unit its code names — for the
+    rows where it points nowhere or elsewhere: a student who changed major or class, a member of
+    staff who moved department, carries the new code in an upsert that keeps the old key.
+    `references`: key column -> (the referenced table, its code column, the row's code column)."""
+    assignments = ", ".join(
+        f"{key} = (SELECT id FROM {target} WHERE {target_code} = {table}.{code})"
+        for key, (target, target_code, code) in references.items()
+    )
+    stale = " OR ".join(
+        f"({table}.{code} IS NULL AND {key} IS NOT NULL) OR ({table}.{code} IS NOT NULL AND NOT EXISTS "
+        f"(SELECT 1 FROM {target} WHERE {target}.id = {table}.{key} AND {target}.{target_code} = {table}.{code}))"
+        for key, (target, target_code, code) in references.items()
+    )
+    return f"UPDATE {table} SET {assignments} WHERE {stale}"
 
 
 def _name_positions(connection: Connection) -> None:
