@@ -699,3 +699,39 @@ def test_a_transfer_moves_a_students_and_a_staff_members_keys_to_their_new_units
         connection.execute(Student.__table__.update().values(class_code=None))
         link_references(connection)
         assert connection.execute(select(Student.class_id)).scalar_one() is None
+
+
+@DATABASES
+def test_a_record_that_cannot_be_mapped_or_stored_is_quarantined_and_its_stream_goes_on(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """A value wider than its column (PostgreSQL would refuse the whole load with it, SQLite
+    store it as it came) and a value of a type the mapper never met (a number where text was
+    expected) each cost their own record, with a reason — never the stream's next load."""
+    from campushub.models.landing import QuarantinedRecord
+
+    def grade(student_no: str, score: object) -> Record:
+        data = {
+            "XH": student_no,
+            "KCDM": "C01",
+            "XNXQ": "2025-2026-1",
+            "CJ": score,
+            "GXSJ": "2026-01-15T10:00:00+08:00",
+        }
+        return Record(f"{student_no}|C01|2025-2026-1", data)
+
+    mapping = MAPPINGS[("academic", "grades")]
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+        result = LandingResult("academic", "grades", "run", "full", None)
+        too_long = "S" * 21  # 学号 holds 20
+        page = Batch([grade("S1", "60"), grade(too_long, "61"), grade("S3", 62), grade("S4", "63")])
+        land_batches(connection, "academic", "grades", [page], result)
+        loaded = unify(connection, mapping, "run")
+        scores = dict(connection.execute(text("SELECT student_no, score FROM grade")).all())
+        reasons = dict(connection.execute(select(QuarantinedRecord.source_key, QuarantinedRecord.reason)).all())
+    assert scores == {"S1": 60, "S4": 63}
+    assert (loaded.inserted, loaded.quarantined) == (2, 2)
+    assert (
+        reasons[f"{too_long}|C01|2025-2026-1"] == "normalise: student_no: 21 characters, more than the 20 it may hold"
+    )
+    assert reasons["S3|C01|2025-2026-1"].startswith("normalise: AttributeError")

@@ -626,6 +626,7 @@ def unify(
             result.inserted += inserted
         query = query.where(_not_loaded(mapping, connection.dialect.name))
     first_load = _first_load(connection, mapping)
+    widths = column_widths(mapping.table)
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
@@ -637,7 +638,10 @@ def unify(
         for record in records:
             try:
                 mapped = mapping.map(record.payload)
-            except (ValueError, KeyError, TypeError) as exc:
+                too_long = _over_width(widths, mapped.row)
+                if too_long:
+                    raise ValueError(too_long)
+            except Exception as exc:  # one record's fault, whatever it is, never stalls its stream
                 detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 result.reasons[detail] = result.reasons.get(detail, 0) + 1
                 _quarantine(connection, mapping, record, f"normalise: {detail}", run_id)
@@ -666,6 +670,20 @@ def unify(
 
 
 _RAW_COLUMNS = ("id", "source_key", "content_hash", "payload")
+
+
+def column_widths(table: Table) -> dict[str, int]:
+    """The text columns of `table` with a declared length: PostgreSQL refuses a longer value
+    (failing the whole load with it), SQLite would store it as it came."""
+    return {column.name: column.type.length for column in table.columns if getattr(column.type, "length", None)}
+
+
+def _over_width(widths: dict[str, int], row: dict[str, Any]) -> str | None:
+    for name, width in widths.items():
+        value = row.get(name)
+        if isinstance(value, str) and len(value) > width:
+            return f"{name}: {len(value)} characters, more than the {width} it may hold"
+    return None
 
 
 def _raw_query(mapping: Mapping, watermark: int, event_day: dt.date | None) -> Select[Any]:
