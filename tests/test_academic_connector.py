@@ -129,3 +129,28 @@ def test_malformed_records_come_out_flagged_with_reasons(simulators: SimulatorCl
         assert record.data  # the raw payload travels with the flag
         flagged += bool(expected)
     assert flagged >= 60
+
+
+def test_a_deletion_mid_pull_starts_the_pull_again_and_no_record_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    """A deletion is not pinned to the pull's first page: it shifts the later pages by a record,
+    and one record would cross a page boundary unread. The moved total gives it away."""
+    from tests.conftest import start_cluster
+
+    cluster = start_cluster(60)  # its own: the deletion changes the world
+    try:
+        with connector(cluster, page_size=7) as source:
+            pages = source.read("students")
+            first = next(pages)
+            apply_changes(cluster, 1, seed=4, kinds=["student_deleted"])  # one of the first page's
+            rest = list(pages)
+        (deleted,) = cluster.world.changes.deleted_students
+        live = {cluster.world.student(i).student_no for i in range(cluster.world.student_count) if i != deleted}
+        read = keys([first, *rest])
+        assert live <= set(read), sorted(live - set(read))
+        # The second pull, from page 1, read every live record once.
+        labels = [batch.page for batch in rest]
+        again = len(labels) - labels[::-1].index("page 1") - 1
+        assert sorted(keys(rest[again:])) == sorted(live)
+        assert "pulling it again from the first page" in caplog.text
+    finally:
+        cluster.stop()
