@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from campushub.connectors.base import (
     PageRequest,
     PageWindow,
     SourceError,
+    SteadyTotal,
     StreamSpec,
 )
 
@@ -55,20 +55,6 @@ STREAMS = {
 INCREMENTAL = frozenset({"students", "grades"})
 
 
-log = logging.getLogger(__name__)
-
-# Pulls of a stream begun anew because records were deleted while it was paged, before it fails.
-SHIFTED_PULLS = 3
-
-
-class _Shifted(Exception):
-    """The stream's total moved between its pages: a deletion shifted the pages underneath."""
-
-    def __init__(self, message: str, page: str) -> None:
-        super().__init__(message)
-        self.page = page
-
-
 class AcademicSource(HttpSource):
     name = "academic"
     streams = STREAMS
@@ -104,22 +90,10 @@ class AcademicSource(HttpSource):
         The next cursor is the server's time at the first page, handed over with the last page:
         anything that changes while we page is picked up by the next sync.
 
-        Later pages are pinned to that time, but a deletion is not: one made mid-pull shifts the
-        later pages by a record, and the record pushed back across a page boundary would never
-        be read (and a full pull would then count it deleted). When the stream's total moves,
-        the pull starts again from the first page — what it yields again is landed once — and
-        after `SHIFTED_PULLS` pulls in a row it fails, naming the stream, rather than miss one.
+        Later pages are pinned to that time, but a deletion is not: when the total moves, the
+        pull starts again (`pulled_again_when_shifted`).
         """
-        for pull in range(1, SHIFTED_PULLS + 1):
-            try:
-                yield from self._pull(stream, cursor)
-                return
-            except _Shifted as shifted:
-                if pull == SHIFTED_PULLS:
-                    raise SourceError(
-                        self.name, f"{stream}: {shifted}, on {SHIFTED_PULLS} pulls in a row", page=shifted.page
-                    ) from None
-                log.warning("%s %s: %s; pulling it again from the first page", self.name, stream, shifted)
+        return self.pulled_again_when_shifted(stream, lambda: self._pull(stream, cursor))
 
     def _pull(self, stream: str, cursor: str | None) -> Iterator[Batch]:
         spec = self.spec(stream)
@@ -127,13 +101,11 @@ class AcademicSource(HttpSource):
         params: dict[str, Any] = {"pageSize": self.page_size, "pageNo": 1}
         if cursor and stream in INCREMENTAL:
             params["updated_since"] = cursor
-        totals: list[int] = []
+        total = SteadyTotal()
 
         def following(request: PageRequest, data: dict[str, Any]) -> PageRequest | None:
             page = request.params["pageNo"]
-            totals.append(data["total"])
-            if data["total"] != totals[0]:
-                raise _Shifted(f"{totals[0]} records at page 1, {data['total']} at page {page}", f"page {page}")
+            total.check(data["total"], page)
             if page * self.page_size >= data["total"] or not data["list"]:
                 return None
             # Later pages are pinned to the first page's server time, so they page a stable set.

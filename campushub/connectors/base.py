@@ -466,6 +466,34 @@ def _is_integer(value: str) -> bool:
 DUPLICATE = "duplicate: the same record was already sent"
 
 
+# Pulls of an offset-paged stream begun anew because records were deleted while it was paged,
+# before it fails (`BaseSource.pulled_again_when_shifted`).
+SHIFTED_PULLS = 3
+
+
+class PagesShifted(Exception):
+    """An offset-paged stream's total moved between its pages: a deletion, which pinning the
+    pages to the first page's time does not hold back, shifted the later pages by a record —
+    and one record would cross a page boundary unread."""
+
+    def __init__(self, message: str, page: str) -> None:
+        super().__init__(message)
+        self.page = page
+
+
+class SteadyTotal:
+    """The total an offset-paged stream gives with each page: the first page's, or `PagesShifted`."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+
+    def check(self, total: int, page: int) -> None:
+        if self.first is None:
+            self.first = total
+        elif total != self.first:
+            raise PagesShifted(f"{self.first} records at page 1, {total} at page {page}", f"page {page}")
+
+
 class PageWindow:
     """Checks the records of a stream page by page.
 
@@ -763,6 +791,21 @@ class HttpSource:
     def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:
         """Every record of `stream` changed since `cursor` (all when None), page by page."""
         raise NotImplementedError
+
+    def pulled_again_when_shifted(self, stream: str, pull: Callable[[], Iterator[Batch]]) -> Iterator[Batch]:
+        """The batches of `pull()`, a pull of an offset-paged stream that raises `PagesShifted`
+        when its total moves: then the pull starts again from the first page — what it yields
+        again lands once — and after `SHIFTED_PULLS` pulls in a row it fails, naming the
+        stream, rather than miss a record (which a full pull would count deleted)."""
+        for attempt in range(1, SHIFTED_PULLS + 1):
+            try:
+                yield from pull()
+                return
+            except PagesShifted as shifted:
+                if attempt == SHIFTED_PULLS:
+                    reason = f"{stream}: {shifted}, on {SHIFTED_PULLS} pulls in a row"
+                    raise SourceError(self.name, reason, page=shifted.page) from None
+                log.warning("%s %s: %s; pulling it again from the first page", self.name, stream, shifted)
 
     def spec(self, stream: str) -> StreamSpec:
         try:

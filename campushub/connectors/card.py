@@ -27,6 +27,7 @@ from campushub.connectors.base import (
     PageWindow,
     Record,
     SourceError,
+    SteadyTotal,
     StreamSpec,
 )
 
@@ -166,22 +167,26 @@ class CardSource(HttpSource):
             return self._read_transactions(spec, cursor)
         if cursor and not (len(cursor) == 14 and cursor.isdigit()):
             raise SourceError(self.name, f"card_accounts cursor {cursor!r} is not a yyyyMMddHHmmss time")
-        return self._read_accounts(spec, cursor)
+        return self.pulled_again_when_shifted(stream, lambda: self._read_accounts(spec, cursor))
 
     def _read_accounts(self, spec: StreamSpec, cursor: str | None) -> Iterator[Batch]:
         """Pages of accounts; with a cursor, those updated at or after it (a yyyyMMddHHmmss).
 
         The next cursor is the server time of the first page, handed over with the last page.
         The source's window is half-open on whole seconds, so chaining it loses and repeats
-        nothing (see campushub.simulators.card).
+        nothing (see campushub.simulators.card). An account leaving the listing mid-pull would
+        shift the later pages: when the total moves, the pull starts again
+        (`pulled_again_when_shifted`).
         """
         window = PageWindow(spec)
         params: dict[str, Any] = {"page_size": self.page_size, "page_no": 1}
         if cursor:
             params["update_time_begin"] = cursor
+        total = SteadyTotal()
 
         def following(request: PageRequest, data: dict[str, Any]) -> PageRequest | None:
             page = request.params["page_no"]
+            total.check(data["total"], page)
             if page * self.page_size >= data["total"] or not data["rows"]:
                 return None
             # Later pages are pinned to the first page's server time, so they page a stable set.
