@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import re
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import ProgrammingError
 
 import campushub.graphql.app as app_module
-from campushub.graphql.app import ApiSettings, DocumentCache
+from campushub.graphql.app import MAX_BODY_BYTES, ApiSettings, DocumentCache
 from campushub.graphql.audit import AuditTrail
 from campushub.graphql.auth import AUDIENCE, ISSUER, AuthError, Principal, development_secret, mint_token, verify_token
 from campushub.graphql.limits import MAX_PAGE_SIZE, Limits
@@ -425,6 +426,20 @@ def test_production_refuses_hs256_and_tokens_of_other_keys(sso_key: rsa.RSAPriva
         verify_token(_rs256(sso_key, claims_for(principal, iss="https://evil.example")))
     with pytest.raises(AuthError, match="token expired"):
         verify_token(_rs256(sso_key, claims_for(principal, exp=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))))
+
+
+def test_a_key_set_that_cannot_be_read_is_a_401_that_names_no_address(
+    sso_key: rsa.RSAPrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:  # a port with nothing behind it
+        probe.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{probe.getsockname()[1]}/internal-sso/jwks.json"
+    monkeypatch.setenv("CAMPUSHUB_JWKS_URL", unreachable)
+    token = _rs256(sso_key, claims_for(Principal(subject="2026000001", role="student")))
+    with pytest.raises(AuthError) as refused:
+        verify_token(token)
+    assert str(refused.value) == "invalid token: no signing key of the SSO matches it"
+    assert "127.0.0.1" not in str(refused.value) and "internal-sso" not in str(refused.value)
 
 
 def test_production_mode_over_http(hub_api: ApiHub, sso_key: rsa.RSAPrivateKey) -> None:
@@ -1002,3 +1017,22 @@ def test_a_worker_freezes_what_it_holds_at_startup_out_of_full_collections(
         engine.dispose()
     assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert frozen_at_startup == [True]
+
+
+def test_a_body_over_the_limit_is_413_whether_its_length_is_declared_or_not(hub_api: ApiHub) -> None:
+    padding = " " * MAX_BODY_BYTES
+    body = json.dumps({"query": "{ me { subject } }" + padding}).encode()
+    headers = {"Content-Type": "application/json", **student_headers(hub_api)}
+    declared = httpx.post(hub_api.url, content=body, headers=headers)
+    assert declared.status_code == 413, declared.text
+    assert request_id_of(declared)
+
+    def chunks() -> Iterator[bytes]:  # sent chunked: no length to go by
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+
+    streamed = httpx.post(hub_api.url, content=chunks(), headers=headers)
+    assert streamed.status_code == 413, streamed.text
+    # Under the limit, the same way, it is answered.
+    small = json.dumps({"query": "{ me { subject } }"}).encode()
+    assert httpx.post(hub_api.url, content=iter([small]), headers=headers).status_code == 200

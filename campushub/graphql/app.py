@@ -176,9 +176,7 @@ async def _graphql_params(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JSON:
         raise RequestError(415, "POST a JSON body (Content-Type: application/json)")
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    body = await _bounded_body(request)
     try:
         params = decode_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -188,6 +186,21 @@ async def _graphql_params(request: Request) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise RequestError(400, "body: a JSON object with a query, please")
     return params
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over `MAX_BODY_BYTES`: by its
+    declared length before a byte is read, else as it arrives — never read whole first."""
+    too_large = RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise too_large
+    return body
 
 
 def _checked(params: dict[str, Any]) -> tuple[str, dict[str, Any] | None, str | None]:

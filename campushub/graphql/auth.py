@@ -14,6 +14,7 @@ with another key or algorithm, missing a claim, naming an unknown role — is re
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 import threading
@@ -26,6 +27,8 @@ import jwt
 
 from campushub.graphql.permissions import ROLES
 from campushub.models.secrets import secret
+
+log = logging.getLogger("campushub.api")
 
 ISSUER = os.environ.get("CAMPUSHUB_JWT_ISSUER", "campushub")
 AUDIENCE = os.environ.get("CAMPUSHUB_JWT_AUDIENCE", "campushub")
@@ -115,7 +118,11 @@ def verify_token(token: str) -> Principal:
         )
     except jwt.ExpiredSignatureError as error:
         raise AuthError("token expired") from error
-    except (jwt.InvalidTokenError, jwt.PyJWKClientError) as error:
+    except jwt.PyJWKClientError as error:
+        # Its text can name the SSO's key-set address: the log has it, the client does not.
+        log.warning("no signing key for a token from the SSO's key set: %s", error)
+        raise AuthError("invalid token: no signing key of the SSO matches it") from error
+    except jwt.InvalidTokenError as error:
         raise AuthError(f"invalid token: {error}") from error
     role = claims["role"]
     if role not in ROLES:
