@@ -480,6 +480,36 @@ def live(engine: Engine, table: str) -> int:
     return int(scalar(engine, f"SELECT COUNT(*) FROM {table} WHERE deleted_at IS NULL"))
 
 
+def test_references_catch_keys_left_behind_by_a_transfer_and_source_keys_that_name_nothing(layer: Layer) -> None:
+    engine = layer.engine
+    lone, college_code = one(engine, "SELECT student_no, college_code FROM student ORDER BY student_no LIMIT 1")
+    other = scalar(engine, "SELECT MIN(academic_code) FROM org_unit WHERE academic_code <> :code", code=college_code)
+    # The code a transfer brings, its key not yet moved.
+    with broken(
+        engine,
+        f"UPDATE student SET college_code = '{other}' WHERE student_no = '{lone}'",
+        restore=[f"UPDATE student SET college_code = '{college_code}' WHERE student_no = '{lone}'"],
+    ) as connection:
+        transferred = quality.reference_problems(connection, "student")
+    problem = "college_code disagrees with its org_unit"
+    assert not transferred.passed and transferred.counts[problem] == 1
+    assert {"student_no": lone, "column": "college_code", "problem": problem} in transferred.samples
+
+    grade, student_no = one(engine, "SELECT id, student_no FROM grade ORDER BY id LIMIT 1")
+    with broken(
+        engine,
+        f"UPDATE grade SET student_no = 'NOBODY' WHERE id = {grade}",
+        restore=[f"UPDATE grade SET student_no = '{student_no}' WHERE id = {grade}"],
+    ) as connection:
+        grades = quality.reference_problems(connection, "grade")
+    assert not grades.passed
+    assert grades.counts == {"rows": live(engine, "grade"), "failing": 1, "student_no names no student": 1}
+    assert grades.samples == [{"student_no": "NOBODY", "problem": "student_no names no student"}]
+    for table in ("grade", "fee_bill", "payment", "staff"):
+        with engine.connect() as connection:
+            assert quality.reference_problems(connection, table).passed, table
+
+
 def test_references_catch_dangling_ids(layer: Layer) -> None:
     """A reference to a row that does not exist at all: only possible with foreign keys off."""
     lone, class_id = one(layer.engine, "SELECT student_no, class_id FROM student ORDER BY student_no LIMIT 1")

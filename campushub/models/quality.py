@@ -148,6 +148,18 @@ class Agreement:
     key: str
 
 
+@dataclass(frozen=True)
+class KeyReference:
+    """`table.column`, a source system's key, must name a live row of `parent` by its
+    `parent_column`: a grade's 学号 a student, a payment's bill a bill. Failures are counted by
+    the keys that name nothing."""
+
+    table: str
+    column: str
+    parent: str
+    parent_column: str
+
+
 # student → class → major → college
 REFERENCES: tuple[Reference, ...] = (
     Reference("student", "class_id", "class_group", "student_no"),
@@ -159,6 +171,18 @@ REFERENCES: tuple[Reference, ...] = (
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement("student", "class_id", "class_group", "major_id", "major_id", "student_no"),
     Agreement("student", "major_id", "major", "college_id", "college_id", "student_no"),
+    # The keys follow the codes the source sends (a transfer changes the codes): a key left
+    # behind puts a student in the wrong college's lists.
+    Agreement("student", "college_id", "org_unit", "college_code", "academic_code", "student_no"),
+    Agreement("student", "major_id", "major", "major_code", "code", "student_no"),
+    Agreement("student", "class_id", "class_group", "class_code", "code", "student_no"),
+    Agreement("staff", "department_id", "org_unit", "department_code", "hr_code", "staff_no"),
+)
+KEY_REFERENCES: tuple[KeyReference, ...] = (
+    KeyReference("grade", "student_no", "student", "student_no"),
+    KeyReference("grade", "course_code", "course", "code"),
+    KeyReference("fee_bill", "student_no", "student", "student_no"),
+    KeyReference("payment", "bill_no", "fee_bill", "bill_no"),
 )
 
 
@@ -467,6 +491,22 @@ def reference_problems(connection: Connection, table: str) -> Outcome:
             counts[problem] += 1
             if len(samples) < SAMPLE:
                 samples.append({rule.key: key, "column": rule.column, "problem": problem})
+    for ref in (r for r in KEY_REFERENCES if r.table == table):
+        # By distinct key, not row by row: a table of grades names each student many times.
+        codes = connection.execute(
+            text(
+                f"""SELECT d.code FROM (SELECT DISTINCT c.{ref.column} AS code FROM {ref.table} c
+                                        WHERE {_live("c", ref.table)} AND c.{ref.column} IS NOT NULL) d
+                    WHERE NOT EXISTS (SELECT 1 FROM {ref.parent} p
+                                      WHERE p.{ref.parent_column} = d.code AND {_live("p", ref.parent)})
+                    ORDER BY d.code"""
+            )
+        ).scalars()
+        problem = f"{ref.column} names no {ref.parent}"
+        for code in codes:
+            counts[problem] += 1
+            if len(samples) < SAMPLE:
+                samples.append({ref.column: code, "problem": problem})
     checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
     failing = sum(counts.values())
     return Outcome(

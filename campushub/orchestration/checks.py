@@ -117,7 +117,9 @@ RULES: dict[str, Rule] = {
         _row_count,
     ),
     "references": Rule(
-        "Every live row points at live rows up the student → class → major → college chain, and agrees with them.",
+        "Every live row points at live rows up the student → class → major → college chain and agrees with them, "
+        "its keys follow the codes the source sent (a transfer), and the source keys it carries name live rows "
+        "(a grade's student and course, a bill's student, a payment's bill).",
         _references,
     ),
     "within_bills": Rule(
@@ -145,10 +147,10 @@ CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "classes": ("class_group", ("references",)),
     "courses": ("course", ()),
     "students": ("student", ("references",)),
-    "grades": ("grade", ()),
-    "staff": ("staff", ()),
-    "fee_bills": ("fee_bill", ()),
-    "payments": ("payment", ("within_bills",)),
+    "grades": ("grade", ("references",)),
+    "staff": ("staff", ("references",)),
+    "fee_bills": ("fee_bill", ("references",)),
+    "payments": ("payment", ("references", "within_bills")),
     "card_accounts": ("card_account", ()),
     "persons": ("person", ("id_numbers",)),
     # Checked with the transactions rather than the accounts: blocking the account load on a
