@@ -154,3 +154,24 @@ def test_a_deletion_mid_pull_starts_the_pull_again_and_no_record_is_skipped(capl
         assert "pulling it again from the first page" in caplog.text
     finally:
         cluster.stop()
+
+
+def test_an_answer_of_another_shape_is_a_malformed_page_naming_the_source() -> None:
+    """A JSON array where the envelope object should be: the parser meets it as `.get` on a
+    list — a malformed page, retried and then named, not an error that escapes the retries."""
+    import httpx
+
+    from campushub.connectors.base import HttpSettings
+
+    served: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        served.append(request.url.path)
+        return httpx.Response(200, json=[{"code": 0}])
+
+    settings = HttpSettings(base_url="http://academic.test", retry=FAST_RETRY, timeout=5.0, deadline=5.0)
+    source = AcademicSource(settings, "key", transport=httpx.MockTransport(handler))
+    with source, pytest.raises(MalformedPageError) as failed:
+        list(source.read("students"))
+    assert "academic" in str(failed.value) and "page 1" in str(failed.value)
+    assert len(served) == FAST_RETRY.attempts  # retried as any malformed page is

@@ -736,7 +736,9 @@ class HttpSource:
                 self.judge(response, url, page, accept)
                 try:
                     return parse(response)
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                # (AttributeError: an answer of another shape than the parser expects — a list
+                # where an object should be — met as `.get` on it.)
+                except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
                     raise Retryable.malformed(exc) from exc
         raise AssertionError("attempts end in a return or an error")
 
