@@ -333,7 +333,8 @@ def test_conflicts_queue_holds_exactly_the_contradictions(hub: Hub, capsys: pyte
 
 def test_field_disagreements_are_logged_and_the_golden_record_follows_the_rules(hub: Hub) -> None:
     facts = hub.facts()
-    rank = {source: n for n, source in enumerate(rules()["person"]["phone"].sources)}
+    phone_rule = rules()["person"]["phone"]
+    rank = {source: n for n, source in enumerate(phone_rule.sources)}
     members: dict[int, list[Record]] = defaultdict(list)
     for record, person_id in hub_links(hub.engine).items():
         if person_id is not None:
@@ -354,8 +355,11 @@ def test_field_disagreements_are_logged_and_the_golden_record_follows_the_rules(
 
     disagreeing = set()
     for person_id, records in members.items():
-        # The most recent phone wins; among equally recent ones, the earlier listed source.
-        winner = max(records, key=lambda r: (facts[r].updated_at, -rank[r[0]]))
+        # The most recent phone wins; among equally recent ones, the earlier listed source. A
+        # card's phone (its record's time moves with every purchase) only where none has one.
+        ranked = [r for r in records if r[0] in rank and facts[r].phone]
+        spare = [r for r in records if r[0] in phone_rule.fallback and facts[r].phone]
+        winner = max(ranked, key=lambda r: (facts[r].updated_at, -rank[r[0]])) if ranked else spare[0]
         person = golden[person_id]
         assert person.phone == facts[winner].phone
         assert (provenance[person_id, "phone"].source, provenance[person_id, "phone"].source_key) == winner
@@ -578,6 +582,6 @@ def test_most_recent_compares_times_as_any_database_returns_them() -> None:
     """SQLite returns naive datetimes, PostgreSQL aware ones, and a source may send no time."""
     naive = Candidate("academic", "S1", "13800000000", dt.datetime(2026, 8, 1, 9, 0))
     unknown = Candidate("hr", "T1", "13900000000", None)
-    aware = Candidate("card", "C1", "13700000000", dt.datetime(2026, 8, 1, 10, 0, tzinfo=dt.UTC))
+    aware = Candidate("hr", "T2", "13700000000", dt.datetime(2026, 8, 1, 10, 0, tzinfo=dt.UTC))
     assert choose("person", "phone", [naive, unknown])[0] == naive
     assert choose("person", "phone", [naive, aware, unknown])[0] == aware

@@ -426,6 +426,14 @@ def test_survivorship_priority_and_recency() -> None:
     assert winner is not None and winner.value == "13900000000" and why.startswith("most recent: hr")
     assert choose("person", "email", [])[0] is None
     assert set(rules()) >= {"person", "student", "staff", "card_account"}
+    # A card's record time moves with every purchase: its phone, however recent the record,
+    # gives way to academic's or HR's, and fills in only where neither has one.
+    latest = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    card = Candidate("card", "C1", "13700000000", latest)
+    winner, _ = choose("person", "phone", [*phones, card])
+    assert winner is not None and winner.value == "13900000000"
+    winner, why = choose("person", "phone", [Candidate("academic", "S1", None, early), card])
+    assert winner is card and why == "only card has a value for person.phone (a fallback)"
 
 
 def test_id_numbers_are_encrypted_and_hashed_not_stored_plain() -> None:

@@ -158,8 +158,10 @@ def resolve(connection: Connection) -> ResolveResult:
     persons_by_hash = {p.id_number_hash: p.id for p in _select_in(connection, Person.id_number_hash, hashes)}
 
     joins: dict[int, str | None] = {}  # source_identity id -> the ID number (hash) whose person it joins
+    # Whose name the others must agree with: the source the survivorship rules trust for names.
+    name_rank = {source: n for n, source in enumerate(rules()["person"]["name"].sources)}
     for digest, members in groups.items():
-        members.sort(key=lambda r: (r.source != "academic", r.source_key))  # the authoritative first
+        members.sort(key=lambda r: (name_rank.get(r.source, len(name_rank)), r.source_key))  # the authoritative first
         anchor = members[0]
         subject = f"id:{digest[:16]}"
         agreeing = [m for m in members if m.name == anchor.name]

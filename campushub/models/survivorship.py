@@ -15,6 +15,10 @@ import yaml
 class Rule:
     rule: str  # priority / most_recent
     sources: tuple[str, ...]
+    # Sources whose value is taken only when none of `sources` has one, in this order: for a
+    # system whose record time says nothing about the field (a card account's moves with every
+    # purchase, not with the phone on it).
+    fallback: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ def rules() -> dict[str, dict[str, Rule]]:
         for field, spec in fields.items():
             if spec["rule"] not in ("priority", "most_recent"):
                 raise ValueError(f"survivorship.yaml: {entity}.{field}: unknown rule {spec['rule']!r}")
-            result[entity][field] = Rule(spec["rule"], tuple(spec["sources"]))
+            result[entity][field] = Rule(spec["rule"], tuple(spec["sources"]), tuple(spec.get("fallback", ())))
     return result
 
 
@@ -46,6 +50,10 @@ def choose(entity: str, field: str, candidates: list[Candidate]) -> tuple[Candid
     rule = rules()[entity][field]
     usable = [c for c in candidates if c.value not in (None, "") and c.source in rule.sources]
     if not usable:
+        spare = [c for c in candidates if c.value not in (None, "") and c.source in rule.fallback]
+        if spare:
+            winner = min(spare, key=lambda c: rule.fallback.index(c.source))
+            return winner, f"only {winner.source} has a value for {entity}.{field} (a fallback)"
         return None, "no source has a value"
     rank = {source: n for n, source in enumerate(rule.sources)}
     if rule.rule == "priority":
