@@ -743,3 +743,28 @@ def test_a_record_that_cannot_be_mapped_or_stored_is_quarantined_and_its_stream_
         reasons[f"{too_long}|C01|2025-2026-1"] == "normalise: student_no: 21 characters, more than the 20 it may hold"
     )
     assert reasons["S3|C01|2025-2026-1"].startswith("normalise: AttributeError")
+
+
+def test_a_phone_that_is_not_a_mainland_mobile_is_kept_and_flagged_not_the_record_refused() -> None:
+    from campushub.models.record_checks import record_problems
+    from campushub.models.unify import student
+
+    payload = {
+        "XH": "202401010001",
+        "XM": "陈伟",
+        "XBM": "1",
+        "CSRQ": "2005-03-01",
+        "YXDM": "01",
+        "ZYDM": "0101",
+        "BJDM": "010101",
+        "RXNY": "202409",
+        "XJZTM": "01",
+        "GXSJ": "2026-01-15T10:00:00+08:00",
+    }
+    mobile = student({**payload, "SJHM": "+86 138-0013-8000"})
+    assert mobile.identity is not None and mobile.identity["phone"] == "13800138000"
+    landline = student({**payload, "SJHM": "0759-2383123"})  # the record loads; its phone is flagged
+    assert landline.identity is not None and landline.identity["phone"] == "0759-2383123"
+    assert record_problems("person", {"name": "陈伟", "phone": landline.identity["phone"]}) == [
+        "phone is not a valid phone"
+    ]

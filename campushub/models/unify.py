@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import operator
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,8 +98,18 @@ def _person_fields(name: str, id_number: str | None, phone: str | None) -> dict[
         "name": norm.person_name(name),
         "id_number_hash": id_hash(id_number) if id_number else None,
         "id_number_cipher": encrypt_id(id_number) if id_number else None,
-        "phone": norm.phone(phone) if phone else None,
+        "phone": _phone(phone) if phone else None,
     }
+
+
+def _phone(value: str) -> str | None:
+    """A mainland mobile number, normalised; any other (a landline, a number from abroad) kept
+    as sent, for the phone format rule to flag. An optional field that does not fit its usual
+    shape must not cost the person's whole record — a new student would never appear."""
+    try:
+        return norm.phone(value)
+    except ValueError:
+        return unicodedata.normalize("NFKC", value).strip() or None
 
 
 def student(p: dict[str, Any]) -> Mapped:
@@ -626,7 +637,7 @@ def unify(
             result.inserted += inserted
         query = query.where(_not_loaded(mapping, connection.dialect.name))
     first_load = _first_load(connection, mapping)
-    widths = column_widths(mapping.table)
+    widths, identity_widths = column_widths(mapping.table), column_widths(SourceIdentity.__table__)
     # Streamed in chunks: one query per stream, memory bounded by the chunk.
     # (Statement options: a connection's own would stream every later statement too.)
     stream = connection.execute(query.execution_options(yield_per=chunk))
@@ -638,7 +649,9 @@ def unify(
         for record in records:
             try:
                 mapped = mapping.map(record.payload)
-                too_long = _over_width(widths, mapped.row)
+                too_long = _over_width(widths, mapped.row) or (
+                    _over_width(identity_widths, mapped.identity) if mapped.identity is not None else None
+                )
                 if too_long:
                     raise ValueError(too_long)
             except Exception as exc:  # one record's fault, whatever it is, never stalls its stream
