@@ -225,3 +225,33 @@ def test_a_mutation_that_fails_half_way_answers_and_releases_nothing(hub_api: Ap
             )
         ).all()
     assert audited == [("form", "denied")]  # the refusal on record; no read of what was withheld
+
+
+def test_who_decides_corrections_is_read_from_the_permissions_not_from_an_org_units_name(hub_api: ApiHub) -> None:
+    import dataclasses
+
+    from campushub.graphql.permissions import ALL_SOURCES, ROLES
+    from campushub.models.sources import OWNERS
+    from campushub.models.unified import OrgUnit
+
+    deciders = {name: role.decides_corrections for name, role in ROLES.items() if role.decides_corrections}
+    assert deciders == {
+        "academic_officer": {"academic"},
+        "card_officer": {"card"},
+        "finance_officer": {"finance"},
+        "hr_officer": {"hr"},
+        "steward": {ALL_SOURCES},
+    }
+    for role in ROLES:
+        answer = hub_api.as_role(role).query("{ corrections(first: 5) { nodes { id source } } }")
+        allowed = answer.get("data") is not None and answer["data"]["corrections"] is not None
+        assert allowed == (role in deciders), role
+        if allowed and ALL_SOURCES not in deciders[role]:
+            assert {node["source"] for node in answer["data"]["corrections"]["nodes"]} <= deciders[role]
+    # A librarian acting for the office that owns academic records decides none of them.
+    with hub_api.engine.connect() as connection:
+        academic_office = connection.execute(select(OrgUnit.code).where(OrgUnit.name == OWNERS["academic"])).scalar()
+    assert academic_office is not None
+    librarian = dataclasses.replace(hub_api.users["librarian"], org_unit=academic_office)
+    answer = hub_api.as_principal(librarian).query("{ corrections(first: 5) { nodes { id } } }")
+    assert answer["errors"][0]["extensions"]["code"] == "FORBIDDEN"

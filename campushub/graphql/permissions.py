@@ -8,8 +8,11 @@ from typing import Literal
 
 import yaml
 
+from campushub.models.sources import LABELS
+
 Scope = Literal["all", "own_college"]
 SELF_ENTITIES = frozenset({"person", "student", "staff", "grades", "fees", "card"})
+ALL_SOURCES = "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,9 @@ class Role:
     grants: dict[str, Grant]
     steward: bool
     process_forms: frozenset[str]
+    # The source systems whose correction requests this role decides (`ALL_SOURCES`: every one,
+    # the hub's own values included).
+    decides_corrections: frozenset[str]
 
     def grant(self, entity: str) -> Grant | None:
         return self.grants.get(entity)
@@ -52,6 +58,13 @@ def _role(name: str, spec: dict) -> Role:
             raise ValueError(f"permissions.yaml: role {name!r}, {entity}: unknown scope {grant.scope!r}")
         if not grant.masked <= grant.fields:
             raise ValueError(f"permissions.yaml: role {name!r}, {entity}: masks fields it does not grant")
+    corrections = spec.get("corrections", ())
+    if corrections != ALL_SOURCES:
+        unknown = set(corrections) - set(LABELS)
+        if unknown:
+            raise ValueError(
+                f"permissions.yaml: role {name!r} decides corrections of unknown sources {sorted(unknown)}"
+            )
     return Role(
         name=name,
         label=spec["label"],
@@ -60,6 +73,7 @@ def _role(name: str, spec: dict) -> Role:
         grants=grants,
         steward=bool(spec.get("steward", False)),
         process_forms=frozenset(spec.get("process_forms", ())),
+        decides_corrections=frozenset({ALL_SOURCES} if corrections == ALL_SOURCES else corrections),
     )
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import Connection, RowMapping, insert, select, update
 from campushub.graphql.context import Forbidden, RequestContext
 from campushub.graphql.forms import Form, catalog
 from campushub.graphql.limits import bad_input, bounded_text, parse_key
+from campushub.graphql.permissions import ALL_SOURCES
 from campushub.graphql.prefill import Filled, entities_of, fill
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.protect import decrypt_id, encrypt_id, mask_id
@@ -41,7 +42,7 @@ from campushub.models.quality import mask_phone
 from campushub.models.secrets import secret
 from campushub.models.service import CorrectionRequest, Notification, WorkOrder
 from campushub.models.sources import LABELS, OWNERS
-from campushub.models.unified import OrgUnit, Person, Student
+from campushub.models.unified import Person, Student
 
 NOTE_MAX = 500
 VALUE_MAX = 200
@@ -120,18 +121,13 @@ def work_order_for(context: RequestContext, public_id: str, purpose: str) -> Row
     raise Forbidden("work order: not found or not yours")
 
 
-def _owner_department(context: RequestContext) -> str | None:
-    if context.org_unit_id is None:
-        return None
-    return context.connection.execute(select(OrgUnit.name).where(OrgUnit.id == context.org_unit_id)).scalar()
+def decided_sources(context: RequestContext) -> frozenset[str]:
+    """The source systems whose correction requests the caller's role decides (permissions.yaml)."""
+    return context.role.decides_corrections
 
 
-def decides_corrections_for(context: RequestContext) -> str | None:
-    """'*' for stewards (every department), a department name for its officers, else None."""
-    if context.role.steward:
-        return "*"
-    department = _owner_department(context)
-    return department if department in OWNERS.values() and context.role.scoped else None
+def _deciding(query: Any, sources: frozenset[str]) -> Any:
+    return query if ALL_SOURCES in sources else query.where(CorrectionRequest.source.in_(sorted(sources)))
 
 
 # ------------------------------------------------------------------------------ types
@@ -306,13 +302,11 @@ def work_orders_to_process(
 
 
 def corrections_to_decide(context: RequestContext, status: str, first: int, after: str | None) -> CorrectionConnection:
-    department = decides_corrections_for(context)
-    if department is None:
+    sources = decided_sources(context)
+    if not sources:
         context.audit.denied(None, "correction", ("*",), "corrections", f"{context.principal.role}: not an owner")
         raise Forbidden("correction requests are for stewards and the departments that own the data")
-    query = select(CorrectionRequest.__table__).where(CorrectionRequest.status == status)
-    if department != "*":
-        query = query.where(CorrectionRequest.owner == department)
+    query = _deciding(select(CorrectionRequest.__table__).where(CorrectionRequest.status == status), sources)
     rows, more = page(context.connection, query, CorrectionRequest.id, "correction", first, after, parse=int)
     for row in rows:
         context.audit.read(row["subject_person_id"], "correction", (row["field"],), "corrections")
@@ -500,8 +494,8 @@ def set_status(context: RequestContext, public_id: str, status: str) -> WorkOrde
 
 
 def decide_correction(context: RequestContext, correction_id: str, accept: bool, note: str) -> Correction:
-    department = decides_corrections_for(context)
-    if department is None:
+    sources = decided_sources(context)
+    if not sources:
         context.audit.denied(None, "correction", ("*",), "corrections", f"{context.principal.role}: not an owner")
         raise Forbidden("correction requests are for stewards and the departments that own the data")
     try:
@@ -509,9 +503,10 @@ def decide_correction(context: RequestContext, correction_id: str, accept: bool,
     except ValueError:
         raise bad_input("id must be a number") from None
     response = bounded_text(note, "note", NOTE_MAX, required=True)
-    query = select(CorrectionRequest.__table__).where(CorrectionRequest.id == key, CorrectionRequest.status == "open")
-    if department != "*":
-        query = query.where(CorrectionRequest.owner == department)
+    query = _deciding(
+        select(CorrectionRequest.__table__).where(CorrectionRequest.id == key, CorrectionRequest.status == "open"),
+        sources,
+    )
     row = context.connection.execute(query).mappings().first()
     if row is None:
         raise GraphQLError("no open correction request with this id for you", extensions={"code": "NOT_FOUND"})
