@@ -503,6 +503,26 @@ def test_a_failure_outside_the_resolvers_is_500_with_a_request_id(
     assert refused.status_code == 500 and "data" not in refused.json()
 
 
+def test_a_request_that_fails_still_leaves_its_refusals_on_record(
+    hub_api: ApiHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from campushub.graphql.app import GraphQLApp
+    from campushub.models.service import AuditEntry
+
+    def broken_body(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("the answer could not be put together")
+
+    monkeypatch.setattr(GraphQLApp, "_body", broken_body)
+    # A student asking for another student's record, in a request that then fails.
+    response = post(hub_api.url, {"query": '{ student(studentNo: "000000000000") { name } }'}, student_headers(hub_api))
+    assert response.status_code == 500
+    with hub_api.engine.connect() as connection:
+        rows = connection.execute(
+            select(AuditEntry.entity, AuditEntry.outcome).where(AuditEntry.request_id == request_id_of(response))
+        ).all()
+    assert rows == [("student", "denied")]
+
+
 @pytest.mark.parametrize(
     "document",
     [

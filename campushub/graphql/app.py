@@ -76,6 +76,8 @@ GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
 DOCUMENT_CACHE_SIZE = 1024
 MAX_BODY_BYTES = 100_000
+# How long a failed request's refusals may take to write (`GraphQLApp._write_refusals`).
+REFUSALS_TIMEOUT_S = 2.0
 REQUEST_TIMEOUT_S = float(os.environ.get("CAMPUSHUB_API_TIMEOUT_S", "10"))
 
 
@@ -254,28 +256,29 @@ class GraphQLApp:
         self._audit = HeldConnection(engine)  # used on the event loop's thread only, as audit writes run there
 
     def _run(
-        self, principal: Principal, request_id: str, document: DocumentNode, variables: dict | None, name: str | None
+        self, audit: AuditTrail, principal: Principal, document: DocumentNode, variables: dict | None, name: str | None
     ) -> tuple[dict[str, Any], list[dict]]:
-        """The answer, and the audit rows still to be written before it may leave."""
+        """The answer, and the audit rows still to be written before it may leave. `audit` holds
+        what the operation noted, also when it fails (its refusals are still written)."""
         operation = _operation(document, name)
         if operation is None or operation.operation != OperationType.QUERY:
             # Not retried: a mutation's commit may have happened before its connection was lost.
-            return self._run_once(principal, request_id, document, variables, name, query=False)
-        # A query writes nothing but its audit rows, at its end.
+            return self._run_once(audit, principal, document, variables, name, query=False)
+        # A query writes nothing but its audit rows, at its end. (Noted twice, an entry is one.)
         return once_more_if_disconnected(
-            lambda: self._run_once(principal, request_id, document, variables, name, query=True)
+            lambda: self._run_once(audit, principal, document, variables, name, query=True)
         )
 
     def _run_once(
         self,
+        audit: AuditTrail,
         principal: Principal,
-        request_id: str,
         document: DocumentNode,
         variables: dict | None,
         name: str | None,
         query: bool,
     ) -> tuple[dict[str, Any], list[dict]]:
-        audit = AuditTrail(request_id, principal.subject, principal.role)
+        request_id = audit.request_id
         reads = reading_only if query else contextlib.nullcontext  # a query's audit rows are written apart
         with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S), reads(connection):
             context = RequestContext(principal, connection, audit, request_id, self.settings.development)
@@ -321,6 +324,18 @@ class GraphQLApp:
                 write_rows(connection, rows)
 
         self._write_audit(partial(once_more_if_disconnected, insert))
+
+    def _write_refusals(self, audit: AuditTrail) -> None:
+        """After a request failed, the attempts it refused, on record all the same: nothing was
+        answered, so nothing was read (`keep_only_refusals`). Best effort — the database may be
+        what failed — within a deadline of its own."""
+        audit.keep_only_refusals()
+        if not audit:
+            return
+        try:
+            self._write_audit_rows(audit.rows(dt.datetime.now(dt.UTC)), time.monotonic() + REFUSALS_TIMEOUT_S)
+        except Exception:
+            log.exception("request %s: its refusals could not be written to the audit log", audit.request_id)
 
     def close(self) -> None:
         """Gives back the connection the worker keeps (at shutdown)."""
@@ -390,18 +405,21 @@ class GraphQLApp:
         if request.method == "GET" and operation.operation != OperationType.QUERY:
             return _plain_error(405, "mutations only over POST", request_id, media_type, {"Allow": "POST"})
 
+        audit = AuditTrail(request_id, principal.subject, principal.role)
         try:
             by = time.monotonic() + REQUEST_TIMEOUT_S
             body, unwritten = await self.executor.run(
-                self._run, principal, request_id, prepared.document, variables, operation_name
+                self._run, audit, principal, prepared.document, variables, operation_name
             )
             if unwritten:  # no read without its audit row
                 await self._query_audit.write(unwritten, by)
         except TimeoutError:
             log.error("request %s timed out after %ss", request_id, REQUEST_TIMEOUT_S)
+            self._write_refusals(audit)
             return _plain_error(504, "the request took too long", request_id, media_type)
         except Exception:
             log.exception("request %s failed", request_id)
+            self._write_refusals(audit)
             return _plain_error(500, "internal error", request_id, media_type)
         return GraphQLResponse(body, 200, headers, media_type=media_type)
 
