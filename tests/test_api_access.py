@@ -694,3 +694,25 @@ def test_a_finance_page_costs_the_same_statements_whatever_its_size(hub_api: Api
         assert len(edges) == size and any(edge["node"]["bills"] for edge in edges)
         counted[size] = statements
     assert len(counted[5]) == len(counted[20]) <= 5, counted[20]  # rows, fees, bills, payments, audit
+
+
+def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
+    from campushub.graphql.steward import masked_payload
+
+    number, legacy, mobile = "44010219900101123X", "440102900101123", "13800138000"
+    payload = {
+        "SFZJH": number,
+        "id_as_number": 440102199001011234,
+        "note": f"id_{number}; old {legacy}; call {mobile} or +86{mobile}",
+        number: "a key of its own",
+        "phones": [mobile, int(mobile)],
+        "student_no": "202401010001",  # 12 digits: a 学号, not masked
+        "amount_fen": 1250,
+    }
+    masked = masked_payload(payload)
+    text = json.dumps(masked, ensure_ascii=False)
+    for secret in (number, legacy, mobile, "440102199001011234"):
+        assert secret not in text, secret
+    assert masked["SFZJH"] == "440***********123X"
+    assert masked["phones"] == ["138****8000", "138****8000"]
+    assert masked["student_no"] == "202401010001" and masked["amount_fen"] == 1250

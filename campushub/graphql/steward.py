@@ -21,11 +21,15 @@ from campushub.graphql.limits import bounded_text, parse_key
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.landing import QuarantinedRecord, SyncRun, SyncState
 from campushub.models.protect import mask_id
+from campushub.models.quality import mask_phone
 from campushub.models.service import CheckResult
 from campushub.models.sources import FRESHNESS, LABELS
 from campushub.models.unified import Conflict
 
-ID_NUMBER_PATTERN = re.compile(r"\b\d{17}[\dXx]\b")
+# Runs of digits alone, whatever surrounds them (a letter, an underscore): an ID number — 18
+# characters, or 15 digits before 1999 — and a mainland mobile number.
+ID_NUMBER_PATTERN = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
+PHONE_PATTERN = re.compile(r"(?<![0-9])(?:86)?1[3-9][0-9]{9}(?![0-9])")  # with or without +86
 
 
 def require_steward(context: RequestContext) -> None:
@@ -35,13 +39,18 @@ def require_steward(context: RequestContext) -> None:
 
 
 def masked_payload(value: Any) -> Any:
-    """A payload with every ID-number-shaped string masked, however deep it sits."""
+    """A payload with every ID-number- and phone-shaped value masked, however deep it sits: in
+    text, in a number, in a key."""
     if isinstance(value, dict):
-        return {key: masked_payload(item) for key, item in value.items()}
+        return {masked_payload(key): masked_payload(item) for key, item in value.items()}
     if isinstance(value, list):
         return [masked_payload(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        masked = masked_payload(str(value))
+        return value if masked == str(value) else masked
     if isinstance(value, str):
-        return ID_NUMBER_PATTERN.sub(lambda match: mask_id(match.group()), value)
+        value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(match.group()), value)
+        return PHONE_PATTERN.sub(lambda match: match.group()[:-11] + mask_phone(match.group()[-11:]), value)
     return value
 
 
