@@ -683,9 +683,10 @@ def report(
         )
         if suffix:
             print(
-                f"the load generator's own delay in sending (a free connection, a late wake-up): p99 "
-                f"{api.late_percentile(0.99):.2f} ms in graphql's runs, {baseline.late_percentile(0.99):.2f} ms in "
-                "the baseline's — a machine too busy to run the generator on time; it counts in the latency"
+                "the load generator's own delay in sending, over the requests that had a free connection before "
+                f"their time: p99 {api.late_percentile(0.99):.2f} ms of {len(api.lateness):,} in graphql's runs, "
+                f"{baseline.late_percentile(0.99):.2f} ms of {len(baseline.lateness):,} in the baseline's — a "
+                "machine too busy to run the generator on time; it counts in the latency"
             )
         failures = api.failures + baseline.failures
         if failures:

@@ -637,9 +637,12 @@ def test_a_list_is_filtered_only_by_fields_the_role_was_granted(hub_api: ApiHub)
         assert answer["data"] is None or answer["data"]["students"] is None
         (row,) = audit_rows(hub_api.engine, request_id)
         assert (row["outcome"], row["entity"], row["fields"]) == ("denied", "student", [field])
-    # A granted field filters.
-    answer, _ = ask(librarian, by_class, {"f": {"status": "01"}})
+    # A granted field filters, and each row it lets through is known to hold the value: audited.
+    answer, request_id = ask(librarian, by_class, {"f": {"status": "01"}})
     assert "errors" not in answer and answer["data"]["students"]["edges"]
+    rows = audit_rows(hub_api.engine, request_id)
+    assert len(rows) == len(answer["data"]["students"]["edges"])
+    assert all(row["fields"] == ["status", "studentNo"] for row in rows), [row["fields"] for row in rows]
 
 
 def test_reading_only_cursors_reads_the_keys_they_carry_and_is_audited(hub_api: ApiHub) -> None:

@@ -1056,3 +1056,12 @@ def test_a_body_over_the_limit_is_413_whether_its_length_is_declared_or_not(hub_
     # Under the limit, the same way, it is answered.
     small = json.dumps({"query": "{ me { subject } }"}).encode()
     assert httpx.post(hub_api.url, content=iter([small]), headers=headers).status_code == 200
+    # Refused by its declared length before a byte of it is sent: the server does not wait for it.
+    url = httpx.URL(hub_api.url)
+    head = (
+        f"POST {url.path} HTTP/1.1\r\nHost: {url.host}\r\nContent-Type: application/json\r\n"
+        f"Authorization: {headers['Authorization']}\r\nContent-Length: {MAX_BODY_BYTES + 1}\r\n\r\n"
+    )
+    with socket.create_connection((url.host, url.port), timeout=10) as raw:
+        raw.sendall(head.encode())
+        assert raw.recv(64).startswith(b"HTTP/1.1 413")

@@ -187,6 +187,12 @@ def test_the_public_verification_page_masks_the_name_as_it_masks_the_requester(h
     shown = {field["label"]: field["display"] for field in found["fields"]}
     assert name not in shown.values()
     assert found["requesterName"] in shown.values() and found["requesterName"].startswith(name[0])
+    # A name the person marked wrong and typed anew: masked too.
+    student = hub_api.as_role("student")
+    corrected = student.query(SUBMIT, {"answers": answers(student, {"name": "名字有误"}, claimed="王大明")})
+    code = corrected["data"]["submitWorkOrder"]["verificationCode"]
+    shown = [field["display"] for field in httpx.get(verify, params={"code": code}).json()["fields"]]
+    assert "王大明" not in shown and "王**" in shown
 
 
 def test_a_typed_id_number_is_sealed_in_full_only_where_the_form_needs_the_full_number() -> None:

@@ -195,7 +195,7 @@ async def _bounded_body(request: Request) -> bytes:
     declared length before a byte is read, else as it arrives — never read whole first."""
     too_large = RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise too_large
     body = b""
     async for chunk in request.stream():

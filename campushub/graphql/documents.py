@@ -47,7 +47,9 @@ def _public_display(field: Mapping[str, Any], name: str, masked_name: str) -> st
     display = field["display"] or ""
     if field["name"] == "phone":
         return mask_phone(display)
-    return masked_name if name and display == name else display
+    if field["name"] == "name" or (name and display == name):  # a corrected name, too
+        return display[:1] + "*" * (len(display) - 1)
+    return display
 
 
 @cache

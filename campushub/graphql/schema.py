@@ -371,14 +371,18 @@ class StaffConnection(graphene.ObjectType):
     page_info = graphene.Field(PageInfo, required=True)
 
 
+def filtered_fields(entity: str, criteria: dict[str, Any]) -> tuple[str, ...]:
+    """The fields a list's filter reads of every row it lets through (as the filters apply)."""
+    return tuple(FILTERED_FIELDS[entity][name] for name, value in criteria.items() if value)
+
+
 def _scoped(
     context: RequestContext, entity: str, query: Select[Any], org_column: Any, criteria: dict[str, Any]
 ) -> Select[Any]:
     grant = context.role.grant(entity)
     if grant is None:
         raise context.refuse(entity, None, "list not granted")
-    used = [FILTERED_FIELDS[entity][name] for name, value in criteria.items() if value]  # (as they apply)
-    refused = [field for field in used if field not in grant.fields]
+    refused = [field for field in filtered_fields(entity, criteria) if field not in grant.fields]
     if refused:
         raise context.refuse(entity, None, f"filter by {', '.join(refused)} not granted", refused)
     if grant.scope == "own_college":
@@ -548,6 +552,8 @@ class Query(graphene.ObjectType):
             access = context.access("student", row["person_id"], row["college_id"])
             if access is None:  # cannot happen for a scoped query; refuse rather than trust it
                 raise context.refuse("student", row["person_id"], "row outside scope")
+            if criteria:  # each row listed is known to hold what the filter asked for
+                context.audit.read(row["person_id"], "student", filtered_fields("student", criteria), access.purpose)
             edges.append(StudentEdge(node=View(row, access)))
         last = edges[-1].node if edges else None
         return StudentConnection(
@@ -585,6 +591,8 @@ class Query(graphene.ObjectType):
             access = context.access("staff", row["person_id"], row["department_id"])
             if access is None:
                 raise context.refuse("staff", row["person_id"], "row outside scope")
+            if criteria:
+                context.audit.read(row["person_id"], "staff", filtered_fields("staff", criteria), access.purpose)
             edges.append(StaffEdge(node=View(row, access)))
         last = edges[-1].node if edges else None
         return StaffConnection(edges=edges, page_info=keyed_page_info(more, last, "staff", "staffNo", "staff_no"))

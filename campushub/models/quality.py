@@ -150,9 +150,9 @@ class Agreement:
 
 @dataclass(frozen=True)
 class KeyReference:
-    """`table.column`, a source system's key, must name a live row of `parent` by its
-    `parent_column`: a grade's 学号 a student, a payment's bill a bill. Failures are counted by
-    the keys that name nothing."""
+    """`table.column`, a source system's key, must name a row of `parent` by its `parent_column`:
+    a grade's 学号 a student, a payment's bill a bill. Failures are counted by the keys that name
+    nothing."""
 
     table: str
     column: str
@@ -491,6 +491,21 @@ def reference_problems(connection: Connection, table: str) -> Outcome:
             counts[problem] += 1
             if len(samples) < SAMPLE:
                 samples.append({rule.key: key, "column": rule.column, "problem": problem})
+    checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
+    failing = sum(counts.values())
+    return Outcome(
+        passed=failing == 0,
+        counts={"rows": int(checked), "failing": failing, **{k: v for k, v in sorted(counts.items())}},
+        samples=samples,
+    )
+
+
+@_timed
+def source_key_problems(connection: Connection, table: str) -> Outcome:
+    """The keys of another system each live row of `table` carries name a row the hub holds —
+    marked deleted or not: a student who left keeps their bills."""
+    counts: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
     for ref in (r for r in KEY_REFERENCES if r.table == table):
         # By distinct key, not row by row: a table of grades names each student many times.
         codes = connection.execute(
@@ -498,7 +513,7 @@ def reference_problems(connection: Connection, table: str) -> Outcome:
                 f"""SELECT d.code FROM (SELECT DISTINCT c.{ref.column} AS code FROM {ref.table} c
                                         WHERE {_live("c", ref.table)} AND c.{ref.column} IS NOT NULL) d
                     WHERE NOT EXISTS (SELECT 1 FROM {ref.parent} p
-                                      WHERE p.{ref.parent_column} = d.code AND {_live("p", ref.parent)})
+                                      WHERE p.{ref.parent_column} = d.code)
                     ORDER BY d.code"""
             )
         ).scalars()

@@ -654,7 +654,9 @@ def unify(
                 )
                 if too_long:
                     raise ValueError(too_long)
-            except Exception as exc:  # one record's fault, whatever it is, never stalls its stream
+            # A record's own fault — a bad value, a missing field, a value of another type than the
+            # mapper meets (a number where text should be) — costs that record, never its stream.
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 result.reasons[detail] = result.reasons.get(detail, 0) + 1
                 _quarantine(connection, mapping, record, f"normalise: {detail}", run_id)

@@ -3,13 +3,16 @@
 
 Every unified asset has its column expectations (Great Expectations, run in the database) and
 a row-count guard; some have cross-table rules besides — references up the student → class →
-major → college chain, payments within their bills, ID numbers that agree with the person,
-card balances that reconcile with the transactions. The rules, and everything they declare,
+major → college chain (keys agreeing with the codes the source sent), payments within their
+bills, ID numbers that agree with the person, card balances that reconcile with the
+transactions, and the keys of other systems a row carries (`source_keys`). The rules, and everything they declare,
 live in `campushub.models.quality`; `CHECKS` below says which asset gets which.
 
 All checks of one asset run in one op, so an asset costs one extra step, and each result
 carries its counts, a few failing keys (never an ID number; phones and e-mails masked) and its
-`duration_s`. A failing check has ERROR severity and blocks: the asset's downstream does not run.
+`duration_s`. A failing check has ERROR severity and blocks: the asset's downstream does not run —
+but for `source_keys`, a WARN: a grade naming no student most often means the student's record
+waits in quarantine, which the steward sees there, and holding the grades back helps no one.
 """
 
 import datetime as dt
@@ -60,6 +63,9 @@ class Probe:
 class Rule:
     description: str
     run: Callable[[Probe], quality.Outcome]
+    # Blocking, at ERROR severity, unless a failure is more often another system's record
+    # waiting in quarantine than this table's fault: then a WARN for a steward.
+    blocking: bool = True
 
 
 def _columns(probe: Probe) -> quality.Outcome:
@@ -74,6 +80,11 @@ def _row_count(probe: Probe) -> quality.Outcome:
 def _references(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
         return quality.reference_problems(connection, probe.table)
+
+
+def _source_keys(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.source_key_problems(connection, probe.table)
 
 
 def _within_bills(probe: Probe) -> quality.Outcome:
@@ -118,9 +129,15 @@ RULES: dict[str, Rule] = {
     ),
     "references": Rule(
         "Every live row points at live rows up the student → class → major → college chain and agrees with them, "
-        "its keys follow the codes the source sent (a transfer), and the source keys it carries name live rows "
-        "(a grade's student and course, a bill's student, a payment's bill).",
+        "and its keys follow the codes the source sent (a transfer).",
         _references,
+    ),
+    "source_keys": Rule(
+        "The keys of another system a row carries name rows the hub holds (a grade's student and course, a bill's "
+        "student, a payment's bill), marked deleted or not. A warning: most often the other record waits in "
+        "quarantine.",
+        _source_keys,
+        blocking=False,
     ),
     "within_bills": Rule(
         f"Payments against a bill never exceed it by more than {quality.TOLERANCE_FEN} fen.",
@@ -147,10 +164,10 @@ CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "classes": ("class_group", ("references",)),
     "courses": ("course", ()),
     "students": ("student", ("references",)),
-    "grades": ("grade", ("references",)),
+    "grades": ("grade", ("source_keys",)),
     "staff": ("staff", ("references",)),
-    "fee_bills": ("fee_bill", ("references",)),
-    "payments": ("payment", ("references", "within_bills")),
+    "fee_bills": ("fee_bill", ("source_keys",)),
+    "payments": ("payment", ("source_keys", "within_bills")),
     "card_accounts": ("card_account", ()),
     "persons": ("person", ("id_numbers",)),
     # Checked with the transactions rather than the accounts: blocking the account load on a
@@ -237,7 +254,8 @@ def checks_for(entity: str) -> AssetChecksDefinition:
     @multi_asset_check(
         name=f"unified_{entity}_checks",
         specs=[
-            AssetCheckSpec(name, asset=asset_key, blocking=True, description=RULES[name].description) for name in names
+            AssetCheckSpec(name, asset=asset_key, blocking=RULES[name].blocking, description=RULES[name].description)
+            for name in names
         ],
         can_subset=True,
         description=f"Data-quality checks on unified/{entity}.",
@@ -268,7 +286,7 @@ def checks_for(entity: str) -> AssetChecksDefinition:
                 asset_key=asset_key,
                 check_name=name,
                 passed=outcome.passed,
-                severity=AssetCheckSeverity.ERROR,
+                severity=AssetCheckSeverity.ERROR if RULES[name].blocking else AssetCheckSeverity.WARN,
                 metadata={k: _metadata_value(v) for k, v in outcome.metadata().items()},
             )
 
