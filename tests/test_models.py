@@ -768,3 +768,27 @@ def test_a_phone_that_is_not_a_mainland_mobile_is_kept_and_flagged_not_the_recor
     assert record_problems("person", {"name": "陈伟", "phone": landline.identity["phone"]}) == [
         "phone is not a valid phone"
     ]
+
+
+@DATABASES
+def test_an_hr_department_too_wide_for_its_org_unit_is_quarantined_and_the_rest_load(
+    database_kind: str, tmp_path: Path
+) -> None:
+    from campushub.models.landing import QuarantinedRecord
+    from campushub.models.unified import OrgUnit
+    from campushub.models.unify import unify_hr_departments
+
+    long_name = "海洋与气象学院" * 10  # 70 characters: an org unit's name holds 64
+    page = Batch(
+        [
+            Record("D01", {"code": "D01", "name": "人事处", "kind": "office"}),
+            Record("D02", {"code": "D02", "name": long_name, "kind": "office"}),
+        ]
+    )
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+        land_batches(connection, "hr", "departments", [page], LandingResult("hr", "departments", "run", "full", None))
+        result = unify_hr_departments(connection, "run")
+        units = dict(connection.execute(select(OrgUnit.hr_code, OrgUnit.name)).all())
+        reasons = dict(connection.execute(select(QuarantinedRecord.source_key, QuarantinedRecord.reason)).all())
+    assert units == {"D01": "人事处"} and result.quarantined == 1
+    assert reasons == {"D02": "normalise: name: 70 characters, more than the 64 it may hold"}

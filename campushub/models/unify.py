@@ -420,11 +420,11 @@ def _save_watermark(connection: Connection, name: str, value: int, run_id: str) 
     connection.execute(statement.on_conflict_do_update(index_elements=["source", "stream"], set_=values))
 
 
-def _quarantine(connection: Connection, mapping: Mapping, raw: Any, reason: str, run_id: str) -> None:
+def _quarantine(connection: Connection, source: str, stream: str, raw: Any, reason: str, run_id: str) -> None:
     now = utcnow()
     statement = upsert(connection, QuarantinedRecord.__table__).values(
-        source=mapping.source,
-        stream=mapping.stream,
+        source=source,
+        stream=stream,
         source_key=raw.source_key or f"#{raw.content_hash}",
         reason=reason,
         reason_hash=hashlib.md5(reason.encode(), usedforsecurity=False).hexdigest()[:16],
@@ -659,7 +659,7 @@ def unify(
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 result.reasons[detail] = result.reasons.get(detail, 0) + 1
-                _quarantine(connection, mapping, record, f"normalise: {detail}", run_id)
+                _quarantine(connection, mapping.source, mapping.stream, record, f"normalise: {detail}", run_id)
                 result.quarantined += 1
                 continue
             # Later versions of a key in the same chunk supersede earlier ones.
@@ -770,13 +770,21 @@ def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
     org unit academic affairs knows by YXDM (matched by name); an office is HR's alone."""
     result = UnifyResult("hr.departments")
     watermark = result.watermark_before = _watermark(connection, result.entity)
-    records = connection.execute(landed_records("hr", "departments", "id", "payload", after=watermark)).all()
+    records = connection.execute(landed_records("hr", "departments", *_RAW_COLUMNS, after=watermark)).all()
     org = OrgUnit.__table__
+    widths = column_widths(org)
     by_name = {name: code for code, name in connection.execute(select(org.c.code, org.c.name))}
     offices = []
     for record in records:
         department = record.payload
         name = norm.person_name(department["name"])  # the same NFKC-and-trim rules apply to names of units
+        too_long = _over_width(
+            widths, {"code": f"HR-{department['code']}", "name": name, "hr_code": department["code"]}
+        )
+        if too_long:  # PostgreSQL would refuse it, and the whole load with it
+            _quarantine(connection, "hr", "departments", record, f"normalise: {too_long}", run_id)
+            result.quarantined += 1
+            continue
         if department.get("kind") == "college" and name in by_name:
             connection.execute(update(org).where(org.c.code == by_name[name]).values(hr_code=department["code"]))
             result.updated += 1
