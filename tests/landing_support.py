@@ -20,3 +20,4 @@ class Batch:
     records: list[Record]
     cursor: str | None = None
     fetched_at: dt.datetime = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
+    pull: int = 1

@@ -151,6 +151,7 @@ def test_a_deletion_mid_pull_starts_the_pull_again_and_no_record_is_skipped(capl
         labels = [batch.page for batch in rest]
         again = len(labels) - labels[::-1].index("page 1") - 1
         assert sorted(keys(rest[again:])) == sorted(live)
+        assert {batch.pull for batch in rest[again:]} == {2} and first.pull == 1  # for the reconcile's count
         assert "pulling it again from the first page" in caplog.text
     finally:
         cluster.stop()

@@ -792,3 +792,18 @@ def test_an_hr_department_too_wide_for_its_org_unit_is_quarantined_and_the_rest_
         reasons = dict(connection.execute(select(QuarantinedRecord.source_key, QuarantinedRecord.reason)).all())
     assert units == {"D01": "人事处"} and result.quarantined == 1
     assert reasons == {"D02": "normalise: name: 70 characters, more than the 64 it may hold"}
+
+
+@DATABASES
+def test_a_pull_started_again_counts_present_only_what_the_last_pull_brought(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """A reconcile marks deleted what its pull did not bring back: when the pull started again
+    (its pages shifted under a deletion), a record read before the restart may be the one deleted."""
+    first = Batch([Record("S1", {"n": 1}), Record("S2", {"n": 2})])
+    again = Batch([Record("S1", {"n": 1}), Record("S3", {"n": 3})], pull=2)
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+        seen: set[str] = set()
+        result = LandingResult("academic", "students", "run", "reconcile", None)
+        land_batches(connection, "academic", "students", [first, again], result, seen_keys=seen)
+    assert seen == {"S1", "S3"}

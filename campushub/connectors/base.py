@@ -8,6 +8,7 @@ come out with `problems` set and the raw payload intact, so the pipeline can qua
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
 import json
@@ -130,6 +131,7 @@ class Batch:
     records: list[Record]
     cursor: str | None
     fetched_at: dt.datetime
+    pull: int = 1  # which pull of its stream: one started again (`pulled_again_when_shifted`) counts on
 
 
 # ---------------------------------------------------------------------------- dates
@@ -801,7 +803,8 @@ class HttpSource:
         stream, rather than miss a record (which a full pull would count deleted)."""
         for attempt in range(1, SHIFTED_PULLS + 1):
             try:
-                yield from pull()
+                for batch in pull():
+                    yield batch if attempt == 1 else dataclasses.replace(batch, pull=attempt)
                 return
             except PagesShifted as shifted:
                 if attempt == SHIFTED_PULLS:

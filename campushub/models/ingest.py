@@ -49,6 +49,8 @@ class BatchLike(Protocol):
     def cursor(self) -> str | None: ...
     @property
     def fetched_at(self) -> dt.datetime: ...
+    @property
+    def pull(self) -> int: ...
 
 
 def encode(payload: dict[str, Any]) -> str:
@@ -449,7 +451,14 @@ def land_batches(
     binds = bind_processors(connection, RawRecord.__table__, RAW_BINDS)
     fetched_at, day_of = (bind or _no_conversion for bind in binds)
     day_of = functools.lru_cache(maxsize=1024)(day_of)  # a few hundred days for millions of events
+    pull = 1
     for batch in batches:
+        if batch.pull != pull and seen_keys is not None:
+            # The stream's pull started again (its pages shifted): what is present is what the
+            # pull that completes brings back — a record deleted meanwhile was seen before.
+            seen_keys.clear()
+            result.keyless = 0
+        pull = batch.pull
         result.pages += 1
         result.fetched += len(batch.records)
         good = [r for r in batch.records if not r.problems]
