@@ -708,7 +708,7 @@ def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
         "id_as_number": 440102199001011234,
         "note": f"id_{number}; old {legacy}; call {mobile} or +86{mobile}",
         number: "a key of its own",
-        "phones": [mobile, int(mobile)],
+        "phones": [mobile, int(mobile), float(mobile), f"0086{mobile}"],
         "student_no": "202401010001",  # 12 digits: a 学号, not masked
         "amount_fen": 1250,
     }
@@ -717,5 +717,5 @@ def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
     for secret in (number, legacy, mobile, "440102199001011234"):
         assert secret not in text, secret
     assert masked["SFZJH"] == "440***********123X"
-    assert masked["phones"] == ["138****8000", "138****8000"]
+    assert masked["phones"][:3] == ["138****8000"] * 3 and mobile not in masked["phones"][3]
     assert masked["student_no"] == "202401010001" and masked["amount_fen"] == 1250

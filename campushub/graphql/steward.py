@@ -29,7 +29,7 @@ from campushub.models.unified import Conflict
 # Runs of digits alone, whatever surrounds them (a letter, an underscore): an ID number — 18
 # characters, or 15 digits before 1999 — and a mainland mobile number.
 ID_NUMBER_PATTERN = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
-PHONE_PATTERN = re.compile(r"(?<![0-9])(?:86)?1[3-9][0-9]{9}(?![0-9])")  # with or without +86
+PHONE_PATTERN = re.compile(r"(?<![0-9])(?:0{0,2}86)?1[3-9][0-9]{9}(?![0-9])")  # with or without (00)86
 
 
 def require_steward(context: RequestContext) -> None:
@@ -45,9 +45,10 @@ def masked_payload(value: Any) -> Any:
         return {masked_payload(key): masked_payload(item) for key, item in value.items()}
     if isinstance(value, list):
         return [masked_payload(item) for item in value]
-    if isinstance(value, int) and not isinstance(value, bool):
-        masked = masked_payload(str(value))
-        return value if masked == str(value) else masked
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        digits = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        masked = masked_payload(digits)
+        return value if masked == digits else masked
     if isinstance(value, str):
         value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(match.group()), value)
         return PHONE_PATTERN.sub(lambda match: match.group()[:-11] + mask_phone(match.group()[-11:]), value)

@@ -167,6 +167,8 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("student", "college_id", "org_unit", "student_no"),
     Reference("class_group", "major_id", "major", "code"),
     Reference("major", "college_id", "org_unit", "code"),
+    # A department code that names no unit leaves the key empty: flagged here.
+    Reference("staff", "department_id", "org_unit", "staff_no"),
 )
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement("student", "class_id", "class_group", "major_id", "major_id", "student_no"),
