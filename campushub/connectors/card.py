@@ -30,6 +30,7 @@ from campushub.connectors.base import (
     SteadyTotal,
     StreamSpec,
 )
+from campushub.reference.source_codes import CARD_HOLDER_KIND, CARD_STATUS
 
 TIME_FORMAT = "%Y%m%d%H%M%S"
 ACCOUNTS_PATH = "/api/v2/card/accounts"
@@ -46,7 +47,7 @@ STREAMS = {
             key=("card_no",),
             required=("card_no", "id_type", "id_no", "card_status", "balance"),
             dates={"open_date": "%Y%m%d", "update_time": TIME_FORMAT},
-            codes={"card_status": frozenset({"正常", "挂失", "冻结"}), "id_type": frozenset({"1", "2"})},
+            codes={"card_status": CARD_STATUS, "id_type": frozenset(CARD_HOLDER_KIND)},
             integers=("balance",),
         ),
         StreamSpec(

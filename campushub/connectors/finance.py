@@ -35,6 +35,7 @@ from campushub.connectors.base import (
     StreamSpec,
 )
 from campushub.connectors.settings import http_settings_from_env, require_env
+from campushub.reference.source_codes import BILL_STATUS
 
 FEE_BILLS_PATH = "/exports/fee-bills.csv"
 PAYMENTS_PATH = "/api/payments"
@@ -54,7 +55,7 @@ STREAMS = {
             key=("账单号",),
             required=("账单号", "学号", "收费项目代码", "应收金额(分)"),
             dates={"开票日期": SLASHED, "截止日期": SLASHED},
-            codes={"收费项目代码": frozenset({"XF", "ZSF"}), "缴费状态": frozenset({"已缴清", "部分缴费", "未缴费"})},
+            codes={"收费项目代码": frozenset({"XF", "ZSF"}), "缴费状态": frozenset(BILL_STATUS)},
             integers=("应收金额(分)", "已收金额(分)"),
         ),
         StreamSpec(

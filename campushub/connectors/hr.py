@@ -24,6 +24,7 @@ from campushub.connectors.base import (
     StreamSpec,
 )
 from campushub.reference.codes import code_table
+from campushub.reference.source_codes import EMPLOYMENT_STATUS, SEX_TEXT
 
 TOKEN_PATH = "/oauth/token"
 DATE = "%Y/%m/%d"
@@ -48,12 +49,12 @@ STREAMS = {
             dates={"birthDate": DATE, "hireDate": DATE},
             id_numbers=("idNumber",),
             codes={
-                "gender": frozenset({"男", "女"}),
+                "gender": frozenset(SEX_TEXT),
                 # HR sends the standard's names, not its codes.
                 "ethnicity": frozenset(entry.name for entry in code_table("ethnicity").values()),
                 "politicalStatus": frozenset(entry.name for entry in code_table("political_status").values()),
                 "titleCode": "professional_title",
-                "employmentStatus": frozenset({"在职", "退休", "离职"}),
+                "employmentStatus": EMPLOYMENT_STATUS,
             },
             integers=("salaryGrade", "monthlyGrossFen", "modifiedAt"),
         ),

@@ -73,9 +73,9 @@ from campushub.models.unified import (
 )
 from campushub.reference.codes import code_table
 from campushub.reference.identity import id_number_disagreement
+from campushub.reference.source_codes import CARD_STATUS_HELD
 
 PASS_SCORE = 60
-CARD_STATUS_HELD = "冻结"  # a frozen account's balance is held, not refunded
 
 
 @dataclass(frozen=True, slots=True)

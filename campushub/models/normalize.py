@@ -10,6 +10,7 @@ import unicodedata
 from functools import lru_cache
 
 from campushub.reference.codes import code_by_name, code_table
+from campushub.reference.source_codes import SEX_TEXT
 
 # Middle dots people type in transliterated names (Uyghur, Kazakh, …): all mean U+00B7.
 _DOTS = str.maketrans({"•": "·", "・": "·", "‧": "·", "∙": "·", "･": "·"})
@@ -100,9 +101,6 @@ def code_from_name(table: str, value: str) -> str:
         return code_by_name(table)[value.strip()]
     except KeyError:
         raise ValueError(f"{value!r} is not a name in {table}") from None
-
-
-SEX_TEXT = {"男": "1", "女": "2"}
 
 
 def sex_from_text(value: str) -> str:

@@ -56,11 +56,11 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_by_name
+from campushub.reference.source_codes import BILL_STATUS, CARD_HOLDER_KIND
 
 CST = dt.timezone(dt.timedelta(hours=8))
 UNIVERSITY_CODE = "10566"  # the root org unit: 广东海洋大学's national institution code
 PROGRAMME_YEARS = {"11": 4, "14": 3, "20": 4, "30": 3}  # by GB/T 4658 level
-BILL_STATUS = {"已缴清": "paid", "部分缴费": "partial", "未缴费": "unpaid"}
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def staff(p: dict[str, Any]) -> Mapped:
 
 
 def card_account(p: dict[str, Any]) -> Mapped:
-    kind = {"1": "student", "2": "staff"}[p["id_type"]]
+    kind = CARD_HOLDER_KIND[p["id_type"]]
     updated = norm.timestamp(p["update_time"], norm.COMPACT, CST)
     row = {
         "card_no": p["card_no"],
