@@ -807,3 +807,18 @@ def test_a_pull_started_again_counts_present_only_what_the_last_pull_brought(
         result = LandingResult("academic", "students", "run", "reconcile", None)
         land_batches(connection, "academic", "students", [first, again], result, seen_keys=seen)
     assert seen == {"S1", "S3"}
+
+
+def test_the_streams_the_pipeline_schedules_are_the_streams_the_connectors_declare() -> None:
+    """The sync order is the pipeline's (`models.sources.STREAMS`); each stream's contract is
+    its connector's. Neither may name a stream the other lacks."""
+    from importlib import import_module
+
+    from campushub.connectors import SOURCES
+    from campushub.models.sources import STREAMS
+
+    assert set(STREAMS) == set(SOURCES)
+    for source, target in SOURCES.items():
+        connector = import_module(target.split(":")[0])
+        assert set(STREAMS[source]) == set(connector.STREAMS), source
+        assert len(STREAMS[source]) == len(set(STREAMS[source])), source
