@@ -496,7 +496,7 @@ def test_references_catch_keys_left_behind_by_a_transfer_and_source_keys_that_na
     assert not transferred.passed and transferred.counts[problem] == 1
     assert {"student_no": lone, "column": "college_code", "problem": problem} in transferred.samples
 
-    # A department code naming no unit: the key is left empty, and flagged.
+    # A department code naming no unit: the key is left empty, and warned of.
     staff_no, department = one(engine, "SELECT staff_no, department_code FROM staff ORDER BY staff_no LIMIT 1")
     with broken(
         engine,
@@ -506,8 +506,8 @@ def test_references_catch_keys_left_behind_by_a_transfer_and_source_keys_that_na
             f"(SELECT id FROM org_unit WHERE hr_code = '{department}') WHERE staff_no = '{staff_no}'"
         ],
     ) as connection:
-        staff = quality.reference_problems(connection, "staff")
-    assert not staff.passed and staff.counts["department_id missing"] == 1
+        staff = quality.source_key_problems(connection, "staff")
+    assert not staff.passed and staff.counts["department_code names no org_unit"] == 1
 
     grade, student_no = one(engine, "SELECT id, student_no FROM grade ORDER BY id LIMIT 1")
     with broken(

@@ -43,7 +43,7 @@ def test_main_job_builds_everything_and_says_so_once(
         assert [line for line in said if line.startswith("main job")] == ["main job: succeeded"]
         assert [line for line in said if line.startswith("quality checks")] == [
             "quality checks: 2 passed, 0 failed",  # the card accounts', with landing
-            "quality checks: 29 passed, 0 failed",  # the rest of the unified layer's
+            "quality checks: 30 passed, 0 failed",  # the rest of the unified layer's
             "quality checks: 4 passed, 0 failed",  # the card days'
         ]
         landed_events = RawRecord.__table__.select().where(RawRecord.stream == "card_transactions").subquery()
@@ -76,3 +76,28 @@ def test_main_job_builds_nothing_on_a_landing_that_failed(
         assert said[-1] == "main job: FAILED — see the errors above"
         assert _count(engine, RawRecord) > 0  # the other sources landed
         assert _count(engine, Student) == _count(engine, CardTransaction) == 0
+
+
+def test_a_warning_is_reported_but_fails_nothing() -> None:
+    from types import SimpleNamespace
+
+    from dagster import AssetCheckSeverity, AssetKey
+
+    def evaluation(name: str, passed: bool, severity: AssetCheckSeverity) -> SimpleNamespace:
+        return SimpleNamespace(
+            asset_key=AssetKey(["unified", "grades"]), check_name=name, passed=passed, severity=severity
+        )
+
+    result = SimpleNamespace(
+        get_asset_materialization_events=lambda: [],
+        get_asset_check_evaluations=lambda: [
+            evaluation("columns", True, AssetCheckSeverity.ERROR),
+            evaluation("source_keys", False, AssetCheckSeverity.WARN),
+        ],
+    )
+    said: list[str] = []
+    assert mainjob._report(result, said.append) == 0  # type: ignore[arg-type]
+    assert said == ["quality checks: 1 passed, 0 failed, 1 warned (unified/grades: source_keys)"]
+    result.get_asset_check_evaluations = lambda: [evaluation("columns", False, AssetCheckSeverity.ERROR)]
+    said.clear()
+    assert mainjob._report(result, said.append) == 1  # type: ignore[arg-type]

@@ -745,8 +745,7 @@ def test_a_record_that_cannot_be_mapped_or_stored_is_quarantined_and_its_stream_
     assert reasons["S3|C01|2025-2026-1"].startswith("normalise: AttributeError")
 
 
-def test_a_phone_that_is_not_a_mainland_mobile_is_kept_and_flagged_not_the_record_refused() -> None:
-    from campushub.models.record_checks import record_problems
+def test_a_phone_that_is_not_a_mainland_mobile_is_left_out_not_the_record_refused() -> None:
     from campushub.models.unify import student
 
     payload = {
@@ -763,11 +762,11 @@ def test_a_phone_that_is_not_a_mainland_mobile_is_kept_and_flagged_not_the_recor
     }
     mobile = student({**payload, "SJHM": "+86 138-0013-8000"})
     assert mobile.identity is not None and mobile.identity["phone"] == "13800138000"
-    landline = student({**payload, "SJHM": "0759-2383123"})  # the record loads; its phone is flagged
-    assert landline.identity is not None and landline.identity["phone"] == "0759-2383123"
-    assert record_problems("person", {"name": "陈伟", "phone": landline.identity["phone"]}) == [
-        "phone is not a valid phone"
-    ]
+    landline = student({**payload, "SJHM": "0759-2383123"})  # the record loads, without the phone
+    assert landline.identity is not None and landline.identity["phone"] is None
+    assert landline.row["student_no"] == "202401010001"
+    as_number = student({**payload, "SJHM": 13800138000})  # a number where text was expected
+    assert as_number.identity is not None and as_number.identity["phone"] == "13800138000"
 
 
 @DATABASES

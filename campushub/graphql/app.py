@@ -310,6 +310,7 @@ class GraphQLApp:
             def with_the_mutation() -> None:  # no read without its audit row: committed together
                 audit.write(connection)
                 connection.commit()
+                audit.committed = True
 
             self._write_audit(with_the_mutation)
         return self._body(result, request_id), []
@@ -327,13 +328,14 @@ class GraphQLApp:
 
     def _write_refusals(self, audit: AuditTrail) -> None:
         """After a request failed, the attempts it refused, on record all the same: nothing was
-        answered, so nothing was read (`keep_only_refusals`). Best effort — the database may be
+        answered, so nothing was read (`AuditTrail.refusals`). Best effort — the database may be
         what failed — within a deadline of its own."""
-        audit.keep_only_refusals()
-        if not audit:
-            return
         try:
-            self._write_audit_rows(audit.rows(dt.datetime.now(dt.UTC)), time.monotonic() + REFUSALS_TIMEOUT_S)
+            if audit.committed:  # a mutation's rows went with it
+                return
+            refusals = audit.refusals()
+            if refusals:
+                self._write_audit_rows(refusals.rows(dt.datetime.now(dt.UTC)), time.monotonic() + REFUSALS_TIMEOUT_S)
         except Exception:
             log.exception("request %s: its refusals could not be written to the audit log", audit.request_id)
 

@@ -31,6 +31,7 @@ class AuditTrail:
     request_id: str
     actor: str
     actor_role: str
+    committed: bool = False  # written with a mutation's commit: nothing of it is to write again
     # (subject person id, entity, purpose, outcome, detail) -> fields, in the order first read
     _entries: dict[tuple[int | None, str, str, str, str | None], dict[str, None]] = field(
         default_factory=lambda: defaultdict(dict)
@@ -43,6 +44,15 @@ class AuditTrail:
         self, subject: int | None, entity: str, fields: list[str] | tuple[str, ...], purpose: str, why: str
     ) -> None:
         self._entries[subject, entity, purpose, DENIED, why[:256]].update(dict.fromkeys(fields))
+
+    def refusals(self) -> AuditTrail:
+        """A copy holding only the refusals noted so far (an operation abandoned on a thread may
+        still be noting more in this one)."""
+        copy = AuditTrail(self.request_id, self.actor, self.actor_role)
+        for key, fields in list(self._entries.items()):
+            if key[3] == DENIED:
+                copy._entries[key] = dict(fields)
+        return copy
 
     def keep_only_refusals(self) -> None:
         """Forgets the reads noted so far (their answer was withheld); the refusals stay."""

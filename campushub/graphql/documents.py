@@ -41,7 +41,7 @@ UNIVERSITY = "广东海洋大学"
 FONT = "STSong-Light"  # a standard Adobe CJK font: PDF readers supply it, nothing to embed
 
 
-def _public_display(field: Mapping[str, Any], name: str, masked_name: str) -> str:
+def _public_display(field: Mapping[str, Any], name: str) -> str:
     """A field as the public verification page shows it, to anyone holding the code: the phone
     masked, and the person's name as masked as the requester's."""
     display = field["display"] or ""
@@ -188,7 +188,7 @@ class DocumentRoutes:
                 "fields": [
                     {
                         "label": field["label"],
-                        "display": _public_display(field, name, masked_name),
+                        "display": _public_display(field, name),
                         "sourceLabel": field["source_label"],
                     }
                     for field in shown_fields(snapshot)

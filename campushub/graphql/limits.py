@@ -3,7 +3,8 @@
 - depth: how deeply selections nest (fragments expanded);
 - cost: every field costs 1, times the size of each list it sits in — a connection's `first`
   (its default when absent, its maximum, `MAX_PAGE_SIZE`, when given by a variable), or a
-  declared size for plain lists; each fragment costed once however often it is spread;
+  declared size for plain lists; a fragment's cost is worked out once and counted at each
+  spread;
 - aliases and operations per document.
 
 The checks run once per distinct document (the app caches the verdict with the parse), after

@@ -167,8 +167,6 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("student", "college_id", "org_unit", "student_no"),
     Reference("class_group", "major_id", "major", "code"),
     Reference("major", "college_id", "org_unit", "code"),
-    # A department code that names no unit leaves the key empty: flagged here.
-    Reference("staff", "department_id", "org_unit", "staff_no"),
 )
 AGREEMENTS: tuple[Agreement, ...] = (
     Agreement("student", "class_id", "class_group", "major_id", "major_id", "student_no"),
@@ -185,6 +183,9 @@ KEY_REFERENCES: tuple[KeyReference, ...] = (
     KeyReference("grade", "course_code", "course", "code"),
     KeyReference("fee_bill", "student_no", "student", "student_no"),
     KeyReference("payment", "bill_no", "fee_bill", "bill_no"),
+    # A department code that names no unit leaves the staff row's key empty (its department may
+    # wait in quarantine).
+    KeyReference("staff", "department_code", "org_unit", "hr_code"),
 )
 
 

@@ -52,7 +52,7 @@ def choose(entity: str, field: str, candidates: list[Candidate]) -> tuple[Candid
     if not usable:
         spare = [c for c in candidates if c.value not in (None, "") and c.source in rule.fallback]
         if spare:
-            winner = min(spare, key=lambda c: rule.fallback.index(c.source))
+            winner = max(spare, key=lambda c: (_instant(c.as_of), -rule.fallback.index(c.source)))
             return winner, f"only {winner.source} has a value for {entity}.{field} (a fallback)"
         return None, "no source has a value"
     rank = {source: n for n, source in enumerate(rule.sources)}

@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import operator
 import time
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,14 +101,15 @@ def _person_fields(name: str, id_number: str | None, phone: str | None) -> dict[
     }
 
 
-def _phone(value: str) -> str | None:
-    """A mainland mobile number, normalised; any other (a landline, a number from abroad) kept
-    as sent, for the phone format rule to flag. An optional field that does not fit its usual
-    shape must not cost the person's whole record — a new student would never appear."""
+def _phone(value: Any) -> str | None:
+    """A mainland mobile number, normalised; any other (a landline, a number from abroad) is left
+    out of the unified layer — raw landing keeps it as sent. An optional field that does not fit
+    its shape must not cost the person's whole record (a new student would never appear), nor
+    fail the persons' phone rule, which admits mainland mobiles alone, run after run."""
     try:
-        return norm.phone(value)
+        return norm.phone(str(value))
     except ValueError:
-        return unicodedata.normalize("NFKC", value).strip() or None
+        return None
 
 
 def student(p: dict[str, Any]) -> Mapped:
@@ -655,8 +655,9 @@ def unify(
                 if too_long:
                     raise ValueError(too_long)
             # A record's own fault — a bad value, a missing field, a value of another type than the
-            # mapper meets (a number where text should be) — costs that record, never its stream.
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # mapper meets (a number where text should be), a time out of range — costs that
+            # record, never its stream.
+            except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError, OSError) as exc:
                 detail = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
                 result.reasons[detail] = result.reasons.get(detail, 0) + 1
                 _quarantine(connection, mapping.source, mapping.stream, record, f"normalise: {detail}", run_id)
@@ -778,9 +779,10 @@ def unify_hr_departments(connection: Connection, run_id: str) -> UnifyResult:
     for record in records:
         department = record.payload
         name = norm.person_name(department["name"])  # the same NFKC-and-trim rules apply to names of units
-        too_long = _over_width(
-            widths, {"code": f"HR-{department['code']}", "name": name, "hr_code": department["code"]}
-        )
+        unit = {"hr_code": department["code"]}  # a college gets HR's code; an office a row of its own
+        if not (department.get("kind") == "college" and name in by_name):
+            unit |= {"code": f"HR-{department['code']}", "name": name}
+        too_long = _over_width(widths, unit)
         if too_long:  # PostgreSQL would refuse it, and the whole load with it
             _quarantine(connection, "hr", "departments", record, f"normalise: {too_long}", run_id)
             result.quarantined += 1

@@ -165,7 +165,7 @@ CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "courses": ("course", ()),
     "students": ("student", ("references",)),
     "grades": ("grade", ("source_keys",)),
-    "staff": ("staff", ("references",)),
+    "staff": ("staff", ("references", "source_keys")),
     "fee_bills": ("fee_bill", ("source_keys",)),
     "payments": ("payment", ("source_keys", "within_bills")),
     "card_accounts": ("card_account", ()),

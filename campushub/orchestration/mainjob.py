@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from dagster import AssetChecksDefinition, AssetsDefinition, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import (
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetsDefinition,
+    DagsterInstance,
+    ExecuteInProcessResult,
+    materialize,
+)
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from sqlalchemy.engine import make_url
 
@@ -38,7 +45,7 @@ UNIFIED_REST = [*(a for a in UNIFIED_ASSETS if a is not CARD_ACCOUNTS), persons]
 
 
 def checks_on(assets: Sequence[AssetsDefinition]) -> list[AssetChecksDefinition]:
-    """The blocking checks of `assets`: they run in the run that builds them."""
+    """The checks of `assets` (blocking, and the warnings): they run in the run that builds them."""
     keys = {asset.key for asset in assets}
     return [c for c in ASSET_CHECKS if any(k.asset_key in keys for k in c.check_keys)]
 
@@ -109,9 +116,14 @@ def _report(result: ExecuteInProcessResult, say: Callable[[str], None]) -> int:
         days = f" over {len(materializations)} days" if materializations[0].partition else ""
         say(f"{key:32} {described}{days}")
     evaluations = result.get_asset_check_evaluations()
-    failed = [e for e in evaluations if not e.passed]
+    failing = [e for e in evaluations if not e.passed]
+    # A warning (`source_keys`) is reported, but fails nothing: it holds nothing back.
+    failed = [e for e in failing if e.severity == AssetCheckSeverity.ERROR]
+    warned = [e for e in failing if e.severity != AssetCheckSeverity.ERROR]
     if evaluations:
-        names = "; ".join(f"{'/'.join(e.asset_key.path)}: {e.check_name}" for e in failed)
-        tally = f"{len(evaluations) - len(failed)} passed, {len(failed)} failed"
+        names = "; ".join(f"{'/'.join(e.asset_key.path)}: {e.check_name}" for e in failing)
+        tally = f"{len(evaluations) - len(failing)} passed, {len(failed)} failed" + (
+            f", {len(warned)} warned" if warned else ""
+        )
         say(f"quality checks: {tally}" + (f" ({names})" if names else ""))
     return len(failed)
