@@ -158,26 +158,36 @@ def fee_statuses(connection: Connection, student_nos: list[str]) -> dict[str, Fe
     }
 
 
+def _by_student(
+    connection: Connection, query: Select[Any], student_nos: list[str], make: Callable[[Any], Any]
+) -> dict[str, list[Any]]:
+    """Each student's rows of `query`, made into objects, in its order ([] for none)."""
+    found: dict[str, list[Any]] = {student_no: [] for student_no in student_nos}
+    for row in connection.execute(query):
+        found[row.student_no].append(make(row))
+    return found
+
+
 def bills_of(connection: Connection, student_nos: list[str]) -> dict[str, list[Bill]]:
     query = (
         select(FeeBill.__table__)
         .where(FeeBill.student_no.in_(student_nos), FeeBill.deleted_at.is_(None))
         .order_by(FeeBill.student_no, FeeBill.bill_no)
     )
-    found: dict[str, list[Bill]] = {student_no: [] for student_no in student_nos}
-    for bill in connection.execute(query):
-        found[bill.student_no].append(
-            Bill(
-                bill_no=bill.bill_no,
-                item=bill.item_name,
-                academic_year=bill.academic_year,
-                amount_fen=bill.amount_fen,
-                paid_fen=bill.paid_fen,
-                status=bill.status,
-                due_on=bill.due_on,
-            )
-        )
-    return found
+    return _by_student(
+        connection,
+        query,
+        student_nos,
+        lambda bill: Bill(
+            bill_no=bill.bill_no,
+            item=bill.item_name,
+            academic_year=bill.academic_year,
+            amount_fen=bill.amount_fen,
+            paid_fen=bill.paid_fen,
+            status=bill.status,
+            due_on=bill.due_on,
+        ),
+    )
 
 
 def payments_of(connection: Connection, student_nos: list[str]) -> dict[str, list[PaymentRecord]]:
@@ -186,18 +196,18 @@ def payments_of(connection: Connection, student_nos: list[str]) -> dict[str, lis
         .where(Payment.student_no.in_(student_nos), Payment.deleted_at.is_(None))
         .order_by(Payment.student_no, Payment.paid_at)
     )
-    found: dict[str, list[PaymentRecord]] = {student_no: [] for student_no in student_nos}
-    for payment in connection.execute(query):
-        found[payment.student_no].append(
-            PaymentRecord(
-                payment_no=payment.payment_no,
-                bill_no=payment.bill_no,
-                amount_fen=payment.amount_fen,
-                channel=payment.channel,
-                paid_at=payment.paid_at,
-            )
-        )
-    return found
+    return _by_student(
+        connection,
+        query,
+        student_nos,
+        lambda payment: PaymentRecord(
+            payment_no=payment.payment_no,
+            bill_no=payment.bill_no,
+            amount_fen=payment.amount_fen,
+            channel=payment.channel,
+            paid_at=payment.paid_at,
+        ),
+    )
 
 
 # What the loaders fetch, a batch of keys at a time: name -> (fetch, the students' key column).

@@ -456,6 +456,19 @@ def _live(alias: str, table: str) -> str:
     return f"{alias}.deleted_at IS NULL" if _has_deleted_at(table) else "1 = 1"
 
 
+def _cross_table_outcome(
+    connection: Connection, table: str, counts: Counter[str], samples: list[dict[str, Any]]
+) -> Outcome:
+    """A cross-table rule's verdict: the live rows it checked, and its problems counted by kind."""
+    checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
+    failing = sum(counts.values())
+    return Outcome(
+        passed=failing == 0,
+        counts={"rows": int(checked), "failing": failing, **{k: v for k, v in sorted(counts.items())}},
+        samples=samples,
+    )
+
+
 @_timed
 def reference_problems(connection: Connection, table: str) -> Outcome:
     """Every live row of `table` points, along each declared reference, at a live row — and
@@ -494,13 +507,7 @@ def reference_problems(connection: Connection, table: str) -> Outcome:
             counts[problem] += 1
             if len(samples) < SAMPLE:
                 samples.append({rule.key: key, "column": rule.column, "problem": problem})
-    checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
-    failing = sum(counts.values())
-    return Outcome(
-        passed=failing == 0,
-        counts={"rows": int(checked), "failing": failing, **{k: v for k, v in sorted(counts.items())}},
-        samples=samples,
-    )
+    return _cross_table_outcome(connection, table, counts, samples)
 
 
 @_timed
@@ -525,13 +532,7 @@ def source_key_problems(connection: Connection, table: str) -> Outcome:
             counts[problem] += 1
             if len(samples) < SAMPLE:
                 samples.append({ref.column: code, "problem": problem})
-    checked = connection.execute(text(f"SELECT COUNT(*) FROM {table} c WHERE {_live('c', table)}")).scalar_one()
-    failing = sum(counts.values())
-    return Outcome(
-        passed=failing == 0,
-        counts={"rows": int(checked), "failing": failing, **{k: v for k, v in sorted(counts.items())}},
-        samples=samples,
-    )
+    return _cross_table_outcome(connection, table, counts, samples)
 
 
 CST = dt.timezone(dt.timedelta(hours=8))
