@@ -719,3 +719,44 @@ def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
     assert masked["SFZJH"] == "440***********123X"
     assert masked["phones"][:3] == ["138****8000"] * 3 and mobile not in masked["phones"][3]
     assert masked["student_no"] == "202401010001" and masked["amount_fen"] == 1250
+
+
+@pytest.mark.parametrize(
+    ("written", "shown"),
+    [
+        ("138-0013-8000", "138****8000"),
+        ("138 0013 8000", "138****8000"),
+        ("+86 138 0013 8000", "+86 138****8000"),
+        ("(+86)13800138000", "(+86)138****8000"),
+        ("0086-138-0013-8000", "0086-138****8000"),
+        ("440102 19900101 123X", "440***********123X"),
+        ("440102-19900101-123X", "440***********123X"),
+        ("440102 1990 0101 123X", "440***********123X"),
+        ("440102 900101 123", "440********1123"),
+    ],
+)
+def test_quarantined_numbers_written_with_separators_are_masked(written: str, shown: str) -> None:
+    from campushub.graphql.steward import masked_payload
+
+    assert masked_payload({"note": f"call {written}, thanks"}) == {"note": f"call {shown}, thanks"}
+    assert masked_payload({written: "a key"}) == {shown: "a key"}
+
+
+@pytest.mark.parametrize(
+    "ordinary",
+    ["2026-12-06", "2026-12-06 13:45:00", "12,345.00", "138-00", "202401010001", "6222 0212 3456 7890", "1 2 3 4"],
+)
+def test_dates_times_amounts_and_short_codes_in_quarantine_are_not_masked(ordinary: str) -> None:
+    from campushub.graphql.steward import masked_payload
+
+    assert masked_payload({"note": ordinary}) == {"note": ordinary}
+
+
+def test_keys_that_mask_alike_keep_every_value() -> None:
+    from campushub.graphql.steward import masked_payload
+
+    # Same first three and last four digits: mask_phone shows both as 138****8000.
+    payload = {"13800138000": "first", "13811118000": "second", "13822228000": "third", "name": "张三"}
+    masked = masked_payload(payload)
+    assert masked == {"138****8000": "first", "138****8000 (2)": "second", "138****8000 (3)": "third", "name": "张三"}
+    assert masked_payload(payload) == masked  # the same payload is always shown the same way

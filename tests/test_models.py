@@ -102,6 +102,42 @@ def test_a_streams_records_are_read_from_the_watermark_through_the_partial_index
                 assert "SCAN raw_record" not in plan and "Seq Scan" not in plan, plan
 
 
+@DATABASES
+def test_a_departments_correction_requests_are_paged_through_the_status_source_index(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """The officers' list filters on status and the department's own source and pages by id:
+    the statement the list really runs must find its page through an index on that filter, not
+    by walking every request in id order."""
+    from campushub.graphql.records import encode_cursor, page
+    from campushub.graphql.workorders import _deciding
+    from campushub.models.service import CorrectionRequest
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        query = _deciding(
+            select(CorrectionRequest.__table__).where(CorrectionRequest.status == "open"), frozenset({"card"})
+        )
+        statements: list[tuple[str, Any]] = []
+
+        def keep(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            statements.append((statement, parameters))
+
+        with engine.begin() as connection:
+            event.listen(engine, "before_cursor_execute", keep)
+            try:
+                page(connection, query, CorrectionRequest.id, "correction", 20, encode_cursor("correction", "5"), int)
+            finally:
+                event.remove(engine, "before_cursor_execute", keep)
+            [(statement, parameters)] = statements
+            if database_kind == "postgresql":
+                connection.execute(text("SET LOCAL enable_seqscan = off"))  # a tiny table: make it choose an index
+            explain = "EXPLAIN " if database_kind == "postgresql" else "EXPLAIN QUERY PLAN "
+            plan = " ".join(str(row) for row in connection.exec_driver_sql(explain + statement, parameters))
+        assert "ix_correction_request_status_source" in plan, plan
+        assert "SCAN correction_request" not in plan and "Filter" not in plan, plan
+
+
 def test_a_record_the_source_fingerprints_is_compared_by_that_and_encoded_only_to_land(tmp_path: Path) -> None:
     with fresh_database("sqlite", tmp_path) as engine:
         upgrade(engine)

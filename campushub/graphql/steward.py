@@ -8,6 +8,7 @@ personal data: reading them is audited, and ID numbers in them are masked. Every
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,10 +27,25 @@ from campushub.models.service import CheckResult
 from campushub.models.sources import FRESHNESS, LABELS
 from campushub.models.unified import Conflict
 
+# A separator a person may write inside a number: a space (plain, no-break or ideographic) or a
+# hyphen or dash (ASCII, typographic or full-width). Never a comma, dot or colon, so amounts,
+# decimals and times are not read as numbers.
+SEPARATOR = r"[ \u00a0\u3000\-\u2010-\u2015\uff0d]"
 # Runs of digits alone, whatever surrounds them (a letter, an underscore): an ID number — 18
-# characters, or 15 digits before 1999 — and a mainland mobile number.
-ID_NUMBER_PATTERN = re.compile(r"(?<![0-9])(?:[0-9]{17}[0-9Xx]|[0-9]{15})(?![0-9Xx])")
-PHONE_PATTERN = re.compile(r"(?<![0-9])(?:0{0,2}86)?1[3-9][0-9]{9}(?![0-9])")  # with or without (00)86
+# characters, or 15 digits before 1999 — and a mainland mobile number. Either may be written in
+# the groups it is read aloud in: an ID number as region, birth date (the year may stand apart)
+# and sequence (6-8-4, 6-4-4-4; 6-6-3 for the old one), a mobile as 3-4-4. A separator counts only
+# between those groups, so a date, a bank card or a list of short numbers stays as it is.
+ID_NUMBER_PATTERN = re.compile(
+    rf"(?<![0-9])(?:[0-9]{{6}}{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{3}}[0-9Xx]"
+    rf"|[0-9]{{6}}{SEPARATOR}?[0-9]{{6}}{SEPARATOR}?[0-9]{{3}})(?![0-9Xx])"
+)
+# The country code is part of the match only where it runs straight into the number (8613800138000);
+# written apart (+86 138…, (+86)138…) it is left as written and the number after it matched alone.
+PHONE_PATTERN = re.compile(
+    rf"(?<![0-9])(?P<country>0{{0,2}}86)?(?P<number>1[3-9][0-9]{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{4}})(?![0-9])"
+)
+_SEPARATORS = re.compile(SEPARATOR)
 
 
 def require_steward(context: RequestContext) -> None:
@@ -42,7 +58,7 @@ def masked_payload(value: Any) -> Any:
     """A payload with every ID-number- and phone-shaped value masked, however deep it sits: in
     text, in a number, in a key."""
     if isinstance(value, dict):
-        return {masked_payload(key): masked_payload(item) for key, item in value.items()}
+        return _masked_dict(value)
     if isinstance(value, list):
         return [masked_payload(item) for item in value]
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -50,9 +66,25 @@ def masked_payload(value: Any) -> Any:
         masked = masked_payload(digits)
         return value if masked == digits else masked
     if isinstance(value, str):
-        value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(match.group()), value)
-        return PHONE_PATTERN.sub(lambda match: match.group()[:-11] + mask_phone(match.group()[-11:]), value)
+        # A separated number is shown masked in its plain form: the separators carry nothing.
+        value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(_SEPARATORS.sub("", match.group())), value)
+        return PHONE_PATTERN.sub(
+            lambda match: (match["country"] or "") + mask_phone(_SEPARATORS.sub("", match["number"])), value
+        )
     return value
+
+
+def _masked_dict(value: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Two keys that differ only in their masked digits (13800138000, 13811118000) mask alike; the
+    later one gets a numbered suffix so that neither value is dropped. The suffix follows the
+    payload's own key order, so the same stored payload is always shown the same way."""
+    masked: dict[Any, Any] = {}
+    for key, item in value.items():
+        shown = masked_payload(key)
+        if shown in masked:
+            shown = next(candidate for n in itertools.count(2) if (candidate := f"{shown} ({n})") not in masked)
+        masked[shown] = masked_payload(item)
+    return masked
 
 
 class StreamStatus(graphene.ObjectType):

@@ -78,7 +78,12 @@ class WorkOrder(Base):
 
 class CorrectionRequest(Base):
     __tablename__ = "correction_request"
-    __table_args__ = (Index("ix_correction_request_status", "owner", "status"),)
+    __table_args__ = (
+        Index("ix_correction_request_status", "owner", "status"),
+        # A department's list: one status, its own source, in id order (keyset pages). Status
+        # leads so that the steward's list, which filters on status alone, can use it too.
+        Index("ix_correction_request_status_source", "status", "source", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     work_order_id: Mapped[int]
