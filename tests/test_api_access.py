@@ -8,6 +8,7 @@ are compared with what the database holds, read independently with SQLAlchemy.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from graphql import GraphQLObjectType, get_named_type
-from sqlalchemy import Engine, RowMapping, delete, insert, select, update
+from sqlalchemy import Engine, RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
 from campushub.graphql.auth import Principal
@@ -24,7 +25,8 @@ from campushub.graphql.permissions import ROLES
 from campushub.graphql.schema import SCHEMA
 from campushub.models.landing import QuarantinedRecord
 from campushub.models.protect import decrypt_id
-from campushub.models.service import AuditEntry
+from campushub.models.quality import Baseline
+from campushub.models.service import AuditEntry, RowCountAcceptance, row_count_baseline
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import Conflict, OrgUnit, Person, Staff, Student
 from tests.api_support import Api, ApiHub
@@ -621,6 +623,78 @@ def test_non_stewards_cannot_resolve(hub_api: ApiHub, own_conflict: int) -> None
     with hub_api.engine.connect() as connection:
         status = connection.execute(select(Conflict.status).where(Conflict.id == own_conflict)).scalar_one()
     assert status == "open"
+
+
+ACCEPT_ROW_COUNT = """mutation($entity: String!, $reason: String!) { acceptRowCount(entity: $entity, reason: $reason) {
+    entity rowCount acceptedBy acceptedAt reason } }"""
+
+
+@pytest.fixture
+def own_acceptances(hub_api: ApiHub) -> Iterator[None]:
+    """The row-count acceptances a test makes are its own: gone afterwards."""
+    with hub_api.engine.connect() as connection:
+        before = connection.execute(select(func.coalesce(func.max(RowCountAcceptance.id), 0))).scalar_one()
+    yield
+    with hub_api.engine.begin() as connection:
+        connection.execute(delete(RowCountAcceptance).where(RowCountAcceptance.id > before))
+
+
+def acceptances(hub_api: ApiHub) -> list[RowMapping]:
+    with hub_api.engine.connect() as connection:
+        return list(connection.execute(select(RowCountAcceptance.__table__)).mappings())
+
+
+@pytest.mark.usefixtures("own_acceptances")
+def test_steward_accepts_a_tables_row_count_as_its_baseline(hub_api: ApiHub) -> None:
+    steward = hub_api.as_role("steward")
+    answer, request_id = ask(steward, ACCEPT_ROW_COUNT, {"entity": "students", "reason": "  a cohort graduated  "})
+    assert "errors" not in answer, answer
+    with hub_api.engine.connect() as connection:
+        live = connection.execute(select(func.count()).where(Student.deleted_at.is_(None))).scalar_one()
+        baseline = row_count_baseline(connection, "students")
+    accepted = answer["data"]["acceptRowCount"]
+    subject = hub_api.users["steward"].subject
+    assert {k: v for k, v in accepted.items() if k != "acceptedAt"} == {
+        "entity": "students",
+        "rowCount": live,
+        "acceptedBy": subject,
+        "reason": "a cohort graduated",
+    }
+    (stored,) = acceptances(hub_api)
+    assert (stored["entity"], stored["row_count"], stored["accepted_by"]) == ("students", live, subject)
+    assert dt.datetime.fromisoformat(accepted["acceptedAt"]) == stored["accepted_at"]
+    # The students' row-count check compares with it next: nothing was evaluated after it.
+    assert baseline == Baseline(live, stored["accepted_at"], subject)
+    rows = audit_rows(hub_api.engine, request_id)
+    assert [(r["entity"], r["fields"], r["actor_role"], r["outcome"]) for r in rows] == [
+        ("check", [f"accept students.row_count {live}"], "steward", "allowed")
+    ]
+
+
+@pytest.mark.usefixtures("own_acceptances")
+def test_a_row_count_is_accepted_only_for_a_checked_entity_and_with_a_reason(hub_api: ApiHub) -> None:
+    steward = hub_api.as_role("steward")
+    for entity, reason in (
+        ("student", "the table's name, not the entity's"),
+        ("audit_log", "not a unified table"),
+        ("students; DROP TABLE student", "an injection"),
+        ("students", "   "),
+        ("students", "x" * 257),
+    ):
+        answer = steward.query(ACCEPT_ROW_COUNT, {"entity": entity, "reason": reason})
+        assert answer["data"] is None and error_codes(answer) == ["BAD_USER_INPUT"], (entity, reason)
+    unknown = steward.query(ACCEPT_ROW_COUNT, {"entity": "student", "reason": "x"})
+    assert "students" in unknown["errors"][0]["message"]  # it names what may be accepted
+    assert acceptances(hub_api) == []
+
+
+@pytest.mark.usefixtures("own_acceptances")
+def test_non_stewards_cannot_accept_a_row_count(hub_api: ApiHub) -> None:
+    for role in (role for role in ROLES if not ROLES[role].steward):
+        answer, request_id = ask(hub_api.as_role(role), ACCEPT_ROW_COUNT, {"entity": "students", "reason": "no"})
+        assert answer["data"] is None and error_codes(answer) == [FORBIDDEN], role
+        assert [(r["entity"], r["outcome"]) for r in audit_rows(hub_api.engine, request_id)] == [("steward", "denied")]
+    assert acceptances(hub_api) == []
 
 
 def test_a_list_is_filtered_only_by_fields_the_role_was_granted(hub_api: ApiHub) -> None:

@@ -61,7 +61,7 @@ def session() -> Iterator[requests.Session]:
 
 
 # What mutations may change. The audit log is left alone: it only grows, and says who fuzzed.
-MUTABLE_TABLES = ("quarantine", "conflict", "work_order", "correction_request", "notification")
+MUTABLE_TABLES = ("quarantine", "conflict", "work_order", "correction_request", "notification", "row_count_acceptance")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_the_file_is_a_valid_schema_with_the_api_roots() -> None:
     schema = build_schema(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert schema.query_type is not None and schema.mutation_type is not None
     assert {"me", "forms", "prefill", "students", "steward"} <= set(schema.query_type.fields)
-    assert {"resolveQuarantine", "resolveConflict"} <= set(schema.mutation_type.fields)
+    assert {"resolveQuarantine", "resolveConflict", "acceptRowCount"} <= set(schema.mutation_type.fields)
 
 
 def test_cli_prints_the_sdl(capsys: pytest.CaptureFixture[str]) -> None:

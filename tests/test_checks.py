@@ -34,10 +34,11 @@ from campushub.models import quality
 from campushub.models.engine import make_engine
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id
+from campushub.models.service import CheckResult, RowCountAcceptance, accept_row_count
 from campushub.models.unified import CardTransaction, Student
 from campushub.orchestration.assets.raw import RAW_ASSETS
 from campushub.orchestration.assets.unified import ALL_UNIFIED, UNIFIED_ASSETS, card_transactions, persons
-from campushub.orchestration.checks import ASSET_CHECKS, CHECKS, STAMP_MARGIN
+from campushub.orchestration.checks import ASSET_CHECKS, CHECKS, HISTORY, STAMP_MARGIN
 from campushub.orchestration.resources import HRAPI, AcademicAPI, CardAPI, DatabaseResource, FinanceAPI
 from campushub.simulators.server import SimulatorCluster
 from campushub.simulators.settings import SimulatorSettings
@@ -170,6 +171,8 @@ def test_every_unified_asset_has_checks_that_block_but_for_warnings_about_other_
     assert {("students", "references"), ("payments", "within_bills"), ("persons", "id_numbers")} <= names
     assert {("card_transactions", "balances_reconcile"), ("card_transactions", "balances_chain")} <= names
     assert all((entity, "columns") in names and (entity, "row_count") in names for entity in CHECKS)
+    # What a steward may accept the size of (`acceptRowCount`) is what the checks guard.
+    assert set(CHECKS) == set(quality.CHECKED_TABLES)
 
 
 def test_masks_show_shape_not_value() -> None:
@@ -253,32 +256,107 @@ def test_failed_blocking_check_stops_downstream_in_the_same_run(layer: Layer) ->
     assert not any(name.split(".")[0] in {"grades", "fee_bills", "payments", "persons"} for name in found)
 
 
-def test_row_count_drop_fails_against_the_previous_evaluation(layer: Layer) -> None:
-    courses = next(asset for asset in UNIFIED_ASSETS if asset.key.path[-1] == "courses")
+COURSES = next(asset for asset in UNIFIED_ASSETS if asset.key.path[-1] == "courses")
 
-    def run() -> ExecuteInProcessResult:
-        return materialize(
-            [courses, *checks_on([courses])],
-            resources={"database": layer.resources["database"]},
-            instance=layer.instance,
-            raise_on_error=False,
-        )
 
-    before = run()
-    total = value(evaluations(before)["courses.row_count"], "row_count")
-    assert total > 0 and evaluations(before)["courses.row_count"].passed
-    gone = total // 5  # 20% marked deleted, as a partial pull in a reconcile would
+def courses_row_count(layer: Layer) -> AssetCheckEvaluation:
+    """Build the courses with their checks, as a sync run does: the row-count check's evaluation."""
+    result = materialize(
+        [COURSES, *checks_on([COURSES])],
+        resources={"database": layer.resources["database"]},
+        instance=layer.instance,
+        raise_on_error=False,
+    )
+    return evaluations(result)["courses.row_count"]
+
+
+def last_verdict_at(layer: Layer) -> str:
+    """When the courses' latest row-count verdict was recorded, as a baseline names it."""
+    verdict = CheckResult.__table__.c
+    query = select(verdict.evaluated_at).where(verdict.entity == "courses", verdict.check_name == "row_count")
+    with layer.engine.connect() as connection:
+        at = connection.execute(query).scalar_one()
+    return at.astimezone(dt.UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def fewer_courses(layer: Layer, gone: int) -> Iterator[None]:
+    """`gone` courses marked deleted, as a partial pull in a reconcile would; back afterwards."""
     with broken(
         layer.engine,
         f"""UPDATE course SET deleted_at = CURRENT_TIMESTAMP
             WHERE code IN (SELECT code FROM course ORDER BY code LIMIT {gone})""",
         restore=["UPDATE course SET deleted_at = NULL"],
     ):
-        dropped = evaluations(run())["courses.row_count"]
-        assert not dropped.passed
-        assert value(dropped, "previous_row_count") == total and value(dropped, "row_count") == total - gone
-        # Compared with the evaluation just made, the smaller table is the new normal.
-        assert evaluations(run())["courses.row_count"].passed
+        yield
+
+
+@pytest.fixture
+def courses_acceptances(layer: Layer) -> Iterator[None]:
+    """The acceptances a test makes of the courses' size are its own: gone afterwards."""
+    yield
+    with layer.engine.begin() as connection:
+        connection.execute(delete(RowCountAcceptance).where(RowCountAcceptance.entity == "courses"))
+
+
+def test_a_row_count_drop_fails_run_after_run_against_the_last_passing_evaluation(layer: Layer) -> None:
+    passing = courses_row_count(layer)
+    total, passed_at = value(passing, "row_count"), last_verdict_at(layer)
+    assert total > 0 and passing.passed
+    gone = total // 5
+    with fewer_courses(layer, gone):
+        dropped = courses_row_count(layer)
+        again = courses_row_count(layer)  # nothing changed, and nobody accepted the drop
+        # A failing streak longer than the stretch of Dagster's event log the checks read back.
+        streak = [courses_row_count(layer) for _ in range(HISTORY)]
+    assert not dropped.passed and not again.passed
+    assert not any(evaluation.passed for evaluation in streak)
+    for evaluation in (dropped, again, streak[-1]):
+        assert value(evaluation, "row_count") == total - gone
+        assert value(evaluation, "baseline_row_count") == total and value(evaluation, "drop") == round(gone / total, 4)
+        assert value(evaluation, "baseline") == f"last passing evaluation at {passed_at}"
+    # The rows back: passing again.
+    assert courses_row_count(layer).passed
+
+
+@pytest.mark.usefixtures("courses_acceptances")
+def test_a_stewards_acceptance_of_the_new_size_is_the_next_evaluations_baseline(layer: Layer) -> None:
+    total = value(courses_row_count(layer), "row_count")
+    gone = total // 5
+    with fewer_courses(layer, gone):
+        assert not courses_row_count(layer).passed
+        with layer.engine.begin() as connection:
+            accepted = accept_row_count(connection, "courses", "steward-t", "courses retired at the source")
+        assert accepted["row_count"] == total - gone
+        after = courses_row_count(layer)
+    assert after.passed
+    assert value(after, "row_count") == value(after, "baseline_row_count") == total - gone
+    at = accepted["accepted_at"].astimezone(dt.UTC).isoformat(timespec="seconds")
+    assert value(after, "baseline") == f"accepted by steward-t at {at}" and value(after, "accepted_by") == "steward-t"
+
+
+@pytest.mark.usefixtures("courses_acceptances")
+def test_a_later_passing_evaluation_moves_the_baseline_on_from_an_acceptance(layer: Layer) -> None:
+    total = value(courses_row_count(layer), "row_count")
+    gone = total // 5
+    with fewer_courses(layer, gone):
+        assert not courses_row_count(layer).passed
+        with layer.engine.begin() as connection:
+            accept_row_count(connection, "courses", "steward-t", "courses retired at the source")
+        assert courses_row_count(layer).passed
+        passed_at = last_verdict_at(layer)
+    # The rows back: compared with the pass that followed the acceptance, not with the acceptance.
+    back = courses_row_count(layer)
+    assert back.passed and value(back, "row_count") == total and value(back, "baseline_row_count") == total - gone
+    assert value(back, "baseline") == f"last passing evaluation at {passed_at}"
+    back_at = last_verdict_at(layer)
+    # The same drop again is measured from the whole table of that latest pass: the smaller size
+    # accepted before it no longer covers the drop.
+    with fewer_courses(layer, gone):
+        dropped = courses_row_count(layer)
+    assert not dropped.passed and value(dropped, "baseline_row_count") == total
+    assert value(dropped, "baseline") == f"last passing evaluation at {back_at}"
+    assert courses_row_count(layer).passed
 
 
 # ------------------------------------------------------------------- every rule can fail

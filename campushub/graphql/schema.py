@@ -39,7 +39,7 @@ from campushub.graphql.records import (
     staff_query,
     student_query,
 )
-from campushub.graphql.steward import ResolveConflict, ResolveQuarantine, Steward, require_steward
+from campushub.graphql.steward import AcceptRowCount, ResolveConflict, ResolveQuarantine, Steward, require_steward
 from campushub.graphql.workorders import (
     Correction,
     CorrectionConnection,
@@ -620,6 +620,7 @@ class Mutation(graphene.ObjectType):
     mark_notifications_read = MarkNotificationsRead.Field()
     resolve_quarantine = ResolveQuarantine.Field()
     resolve_conflict = ResolveConflict.Field()
+    accept_row_count = AcceptRowCount.Field()
 
 
 SCHEMA = graphene.Schema(query=Query, mutation=Mutation, auto_camelcase=True)

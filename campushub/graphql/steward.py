@@ -2,7 +2,7 @@
 
 Only roles with `steward: true` in `permissions.yaml` get here. Quarantined payloads are
 personal data: reading them is audited, and ID numbers in them are masked. Every action
-(resolving a quarantined record or a conflict) is audited with the resolution.
+(resolving a quarantined record or a conflict, accepting a unified table's new size) is audited.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import func, select, update
 
 from campushub.graphql.context import Forbidden, RequestContext
-from campushub.graphql.limits import bounded_text, parse_key
+from campushub.graphql.limits import bad_input, bounded_text, parse_key
 from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.landing import QuarantinedRecord, SyncRun, SyncState
 from campushub.models.protect import mask_id
-from campushub.models.quality import mask_phone
-from campushub.models.service import CheckResult
+from campushub.models.quality import CHECKED_TABLES, mask_phone
+from campushub.models.service import CheckResult, accept_row_count
 from campushub.models.sources import FRESHNESS, LABELS
 from campushub.models.unified import Conflict
 
@@ -326,7 +326,7 @@ class ResolveQuarantine(graphene.Mutation):
     def mutate(_: Any, info: GraphQLResolveInfo, id: str, resolution: str) -> QuarantineRecord:
         context: RequestContext = info.context
         require_steward(context)
-        note = _resolution_note(resolution)
+        note = _note(resolution, "resolution")
         result = context.connection.execute(
             update(QuarantinedRecord)
             .where(QuarantinedRecord.id == _record_id(id), QuarantinedRecord.resolved_at.is_(None))
@@ -360,7 +360,7 @@ class ResolveConflict(graphene.Mutation):
     def mutate(_: Any, info: GraphQLResolveInfo, id: str, resolution: str) -> IdentityConflict:
         context: RequestContext = info.context
         require_steward(context)
-        note = _resolution_note(resolution)
+        note = _note(resolution, "resolution")
         result = context.connection.execute(
             update(Conflict)
             .where(Conflict.id == _record_id(id), Conflict.status == "open")
@@ -380,6 +380,43 @@ class ResolveConflict(graphene.Mutation):
         return IdentityConflict.of(conflict)
 
 
+class RowCountAcceptance(graphene.ObjectType):
+    entity = graphene.String(required=True)
+    row_count = graphene.Int(required=True, description="the table's live rows when accepted")
+    accepted_by = graphene.String(required=True)
+    accepted_at = graphene.DateTime(required=True)
+    reason = graphene.String(required=True)
+
+
+class AcceptRowCount(graphene.Mutation):
+    """Accept a unified table's live-row count as it stands: a drop that was real (a source
+    retired records, a cohort graduated). Its row-count check compares with this count from its
+    next evaluation on, instead of failing against the last passing one."""
+
+    class Arguments:
+        entity = graphene.String(required=True, description="the unified asset, as its checks name it: students")
+        reason = graphene.String(required=True)
+
+    Output = RowCountAcceptance
+
+    @staticmethod
+    def mutate(_: Any, info: GraphQLResolveInfo, entity: str, reason: str) -> RowCountAcceptance:
+        context: RequestContext = info.context
+        require_steward(context)
+        if entity not in CHECKED_TABLES:
+            raise bad_input(f"entity: no row-count check by that name; one of {', '.join(sorted(CHECKED_TABLES))}")
+        note = _note(reason, "reason")
+        accepted = accept_row_count(context.connection, entity, context.principal.subject, note)
+        context.audit.read(None, "check", (f"accept {entity}.row_count {accepted['row_count']}",), "steward")
+        return RowCountAcceptance(
+            entity=accepted["entity"],
+            row_count=accepted["row_count"],
+            accepted_by=accepted["accepted_by"],
+            accepted_at=accepted["accepted_at"],
+            reason=accepted["reason"],
+        )
+
+
 def _record_id(value: str) -> int:
     try:
         return parse_key(value)
@@ -387,7 +424,7 @@ def _record_id(value: str) -> int:
         raise GraphQLError("id must be a number", extensions={"code": "BAD_USER_INPUT"}) from None
 
 
-def _resolution_note(resolution: str) -> str:
-    note = bounded_text(resolution, "resolution", 256, required=True)
+def _note(value: str, what: str) -> str:
+    note = bounded_text(value, what, 256, required=True)
     assert note is not None  # required
     return note

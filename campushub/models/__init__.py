@@ -4,7 +4,14 @@ sync state, provenance and conflicts. The schema is made and changed by Alembic 
 
 from campushub.models.base import Base
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
-from campushub.models.service import AuditEntry, CheckResult, CorrectionRequest, Notification, WorkOrder
+from campushub.models.service import (
+    AuditEntry,
+    CheckResult,
+    CorrectionRequest,
+    Notification,
+    RowCountAcceptance,
+    WorkOrder,
+)
 from campushub.models.unified import (
     CardAccount,
     CardTransaction,
@@ -42,6 +49,7 @@ __all__ = [
     "Person",
     "QuarantinedRecord",
     "RawRecord",
+    "RowCountAcceptance",
     "Staff",
     "Student",
     "SyncRun",

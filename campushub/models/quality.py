@@ -3,7 +3,7 @@
 Everything a rule depends on is declared here, as data, once: which columns must be present
 and unique, which national code table each coded column draws from, the phone and e-mail
 formats, the references that chain a student to a college, how far payments may exceed a bill,
-and how far a table may shrink between two evaluations. Nothing here knows about Dagster:
+and how far a table may shrink below its baseline. Nothing here knows about Dagster:
 `campushub.orchestration.checks` turns each `Outcome` into an asset check result.
 
 Column rules run in Great Expectations 1.x against the database itself (a SQL datasource
@@ -39,9 +39,10 @@ from campushub.reference.identity import id_number_disagreement
 SAMPLE = 10  # failing keys shown per rule: enough for a steward to start, never a data dump
 # A bill may be overpaid by up to ¥1: some cash desks and bank channels round to the yuan.
 TOLERANCE_FEN = 100
-# A table that loses more than this share of its live rows between two evaluations has most
-# likely been hit by a partial pull or a runaway reconcile, not by real deletions.
+# A table that loses more than this share of its live rows has most likely been hit by a
+# partial pull or a runaway reconcile, not by real deletions — until a steward says otherwise.
 ROW_DROP_LIMIT = 0.10
+ROW_COUNT = "row_count"  # the row-count check, and the live-row count its verdict carries
 
 # Portable regular expressions: GX runs them with SQLite's REGEXP and PostgreSQL's `~` alike.
 PATTERNS: dict[str, str] = {
@@ -122,6 +123,24 @@ TABLE_RULES: dict[str, TableRules] = {
     ),
     # Events: the sequence number is the primary key; only what every balance rule relies on.
     "card_transaction": TableRules(key=("seq",), not_null=("card_no", "amount_fen", "balance_after_fen")),
+}
+
+
+# The unified assets the checks guard, by the name their verdicts (and a steward's actions on
+# them) go by, and the table each one loads.
+CHECKED_TABLES: dict[str, str] = {
+    "org_units": "org_unit",
+    "majors": "major",
+    "classes": "class_group",
+    "courses": "course",
+    "students": "student",
+    "grades": "grade",
+    "staff": "staff",
+    "fee_bills": "fee_bill",
+    "payments": "payment",
+    "card_accounts": "card_account",
+    "persons": "person",
+    "card_transactions": "card_transaction",
 }
 
 
@@ -784,15 +803,51 @@ def live_rows(connection: Connection, table: str) -> int:
     return int(connection.execute(text(f"SELECT COUNT(*) FROM {table}{where}")).scalar_one())
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """The live-row count a table is held to: its last passing evaluation's, or the size a data
+    steward accepted since then (`accepted_by`)."""
+
+    row_count: int
+    at: dt.datetime
+    accepted_by: str | None = None
+
+    def describe(self) -> str:
+        at = self.at.astimezone(dt.UTC).isoformat(timespec="seconds")
+        return f"accepted by {self.accepted_by} at {at}" if self.accepted_by else f"last passing evaluation at {at}"
+
+    def details(self) -> dict[str, Any]:
+        """What a verdict says of it: for the steward, and for the evaluation after a failing
+        one, which is held to the same baseline (`carried`)."""
+        details: dict[str, Any] = {"baseline": self.describe(), "baseline_at": self.at.isoformat()}
+        if self.accepted_by:
+            details["accepted_by"] = self.accepted_by
+        return details
+
+    @classmethod
+    def carried(cls, verdict: Mapping[str, Any]) -> Baseline | None:
+        """The baseline a failing verdict (its counts and details, as stored) compared with."""
+        try:
+            at = dt.datetime.fromisoformat(verdict["baseline_at"])
+            return cls(int(verdict["baseline_row_count"]), at, verdict.get("accepted_by"))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 @_timed
-def row_count_drop(connection: Connection, table: str, previous: int | None, limit: float = ROW_DROP_LIMIT) -> Outcome:
-    """No more than `limit` of the live rows counted by the previous evaluation have gone."""
+def row_count_drop(
+    connection: Connection, table: str, baseline: Baseline | None, limit: float = ROW_DROP_LIMIT
+) -> Outcome:
+    """No more than `limit` of the baseline's live rows have gone. Without a baseline (a first
+    evaluation) there is nothing to compare with: it passes, and becomes the baseline."""
     current = live_rows(connection, table)
+    previous = baseline.row_count if baseline is not None else None
     drop = 0.0 if not previous else max(0.0, (previous - current) / previous)
     details: dict[str, Any] = {"drop": round(drop, 4), "limit": limit}
-    counts = {"row_count": current}
-    if previous is not None:
-        counts["previous_row_count"] = previous
+    counts = {ROW_COUNT: current}
+    if baseline is not None:
+        counts["baseline_row_count"] = baseline.row_count
+        details |= baseline.details()
     else:
         details["note"] = "first evaluation: nothing to compare with"
     return Outcome(passed=drop <= limit, counts=counts, details=details)

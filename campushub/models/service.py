@@ -5,7 +5,10 @@
   UPDATE and DELETE on both SQLite and PostgreSQL, so an audit trail cannot be edited through
   the application's own connection.
 - `check_result`: the latest verdict of every data-quality check, so the API can show stewards
-  what failed (and flag served values) without reading Dagster's own storage.
+  what failed (and flag served values) without reading Dagster's own storage — and the row-count
+  check its baseline (`row_count_baseline`);
+- `row_count_acceptance`: a steward's decision that a unified table's new, smaller size is
+  right, which its row-count check then compares with;
 - `work_order` (业务工单): a submitted form — a snapshot of the values the person confirmed,
   each with its provenance, signed so a printed copy can be verified against it;
 - `correction_request`: a value the person marked wrong, routed to the department that owns
@@ -19,11 +22,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Index, String, delete, insert
+from sqlalchemy import Connection, Index, RowMapping, String, delete, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campushub.models.base import Base, BigId, Payload, utcnow
-from campushub.models.quality import Outcome
+from campushub.models.quality import CHECKED_TABLES, ROW_COUNT, Baseline, Outcome, live_rows
 
 
 class AuditEntry(Base):
@@ -56,6 +59,21 @@ class CheckResult(Base):
     samples: Mapped[list[dict[str, Any]]] = mapped_column(Payload)
     evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class RowCountAcceptance(Base):
+    """A data steward accepting a unified table's live-row count as it stands — a drop that was
+    real — with why. Kept, never replaced: each is a decision on record."""
+
+    __tablename__ = "row_count_acceptance"
+    __table_args__ = (Index("ix_row_count_acceptance_entity", "entity", "accepted_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    entity: Mapped[str] = mapped_column(String(32))  # the unified asset, as its checks name it
+    row_count: Mapped[int]  # its table's live rows when accepted
+    accepted_by: Mapped[str] = mapped_column(String(64))
+    accepted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(String(256))
 
 
 class WorkOrder(Base):
@@ -132,4 +150,54 @@ def record_check_result(
             evaluated_at=utcnow(),
             run_id=run_id,
         )
+    )
+
+
+def row_count_baseline(connection: Connection, entity: str) -> Baseline | None:
+    """What `entity`'s row-count check compares with: the count of its last passing evaluation,
+    or the count a steward accepted since; None before either (a first evaluation).
+
+    Read from the hub's own records rather than Dagster's event log: the log is searched only
+    so far back (a long failing streak pushes the last pass out of reach), the main job may run
+    on an in-memory instance, and Dagster's storage can be reset apart from the tables the counts
+    describe — while the acceptances this is weighed against live here, stamped by the same clock.
+    `check_result` keeps the latest verdict alone, so a failing verdict carries the baseline it
+    was held to: however many failures ago the last pass was, the latest verdict still names it.
+    """
+    verdict = connection.execute(
+        select(CheckResult.passed, CheckResult.counts, CheckResult.evaluated_at).where(
+            CheckResult.entity == entity, CheckResult.check_name == ROW_COUNT
+        )
+    ).first()
+    baseline: Baseline | None = None
+    if verdict is not None:
+        baseline = (
+            Baseline(int(verdict.counts[ROW_COUNT]), verdict.evaluated_at)
+            if verdict.passed
+            else Baseline.carried(verdict.counts)
+        )
+    accepted = connection.execute(
+        select(RowCountAcceptance.row_count, RowCountAcceptance.accepted_at, RowCountAcceptance.accepted_by)
+        .where(RowCountAcceptance.entity == entity)
+        .order_by(RowCountAcceptance.accepted_at.desc(), RowCountAcceptance.id.desc())
+        .limit(1)
+    ).first()
+    if accepted is not None and (baseline is None or accepted.accepted_at > baseline.at):
+        return Baseline(accepted.row_count, accepted.accepted_at, accepted.accepted_by)
+    return baseline
+
+
+def accept_row_count(connection: Connection, entity: str, steward: str, reason: str) -> RowMapping:
+    """Accept the live-row count of `entity`'s table as it stands now: its row-count check
+    compares with it from its next evaluation on, until one passes. `entity` must be one of
+    `CHECKED_TABLES`."""
+    row_count = live_rows(connection, CHECKED_TABLES[entity])
+    return (
+        connection.execute(
+            insert(RowCountAcceptance)
+            .values(entity=entity, row_count=row_count, accepted_by=steward, accepted_at=utcnow(), reason=reason)
+            .returning(*RowCountAcceptance.__table__.c)
+        )
+        .mappings()
+        .one()
     )

@@ -2,11 +2,12 @@
 """Data-quality checks on the unified assets: blocking, so nothing is built on data known bad.
 
 Every unified asset has its column expectations (Great Expectations, run in the database) and
-a row-count guard; some have cross-table rules besides — references up the student → class →
-major → college chain (keys agreeing with the codes the source sent), payments within their
-bills, ID numbers that agree with the person, card balances that reconcile with the
-transactions, and the keys of other systems a row carries (`source_keys`). The rules, and everything they declare,
-live in `campushub.models.quality`; `CHECKS` below says which asset gets which.
+a row-count guard (held to its last passing evaluation, or to the size a steward accepted);
+some have cross-table rules besides — references up the student → class → major → college
+chain (keys agreeing with the codes the source sent), payments within their bills, ID numbers
+that agree with the person, card balances that reconcile with the transactions, and the keys
+of other systems a row carries (`source_keys`). The rules, and everything they declare, live in
+`campushub.models.quality`; `CHECKS` below says which asset gets which.
 
 All checks of one asset run in one op, so an asset costs one extra step, and each result
 carries its counts, a few failing keys (never an ID number; phones and e-mails masked) and its
@@ -41,7 +42,7 @@ from dagster._core.storage.tags import (
 from sqlalchemy import Engine
 
 from campushub.models import quality
-from campushub.models.service import record_check_result
+from campushub.models.service import record_check_result, row_count_baseline
 from campushub.orchestration.assets.unified import UNIFIED_POOL
 from campushub.orchestration.resources import DatabaseResource
 
@@ -49,11 +50,11 @@ from campushub.orchestration.resources import DatabaseResource
 @dataclass(frozen=True)
 class Probe:
     """What a rule gets to look at: the database, the asset's table, and (for the row-count
-    check) the row count its previous evaluation recorded."""
+    check) the count it is held to."""
 
     engine: Engine
     table: str
-    previous_row_count: int | None = None
+    baseline: quality.Baseline | None = None
     days: tuple[dt.date, dt.date] | None = None  # a partition run's first and last day
     # Rows written before this instant passed the previous evaluation (None: validate all).
     validated_before: dt.datetime | None = None
@@ -74,7 +75,7 @@ def _columns(probe: Probe) -> quality.Outcome:
 
 def _row_count(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
-        return quality.row_count_drop(connection, probe.table, probe.previous_row_count)
+        return quality.row_count_drop(connection, probe.table, probe.baseline)
 
 
 def _references(probe: Probe) -> quality.Outcome:
@@ -107,7 +108,7 @@ def _chain(probe: Probe) -> quality.Outcome:
         return quality.card_chain_problems(connection, probe.days)
 
 
-ROW_COUNT = "row_count"  # the check, and the metadata entry each evaluation leaves for the next
+ROW_COUNT = quality.ROW_COUNT
 COLUMNS = "columns"
 VALIDATED_AT = "validated_at"  # when a columns evaluation began: what was written before it, it saw
 # Stamps and the check's clock are one host's, but a row stamped just before a validation began
@@ -124,7 +125,9 @@ RULES: dict[str, Rule] = {
         _columns,
     ),
     ROW_COUNT: Rule(
-        f"Live rows have not dropped by more than {quality.ROW_DROP_LIMIT:.0%} since the previous evaluation.",
+        f"Live rows have not dropped by more than {quality.ROW_DROP_LIMIT:.0%} below the last passing evaluation's "
+        "count, or the count a data steward accepted since (acceptRowCount): a drop fails run after run until "
+        "the rows are back or a steward accepts the new size.",
         _row_count,
     ),
     "references": Rule(
@@ -157,22 +160,22 @@ RULES: dict[str, Rule] = {
     ),
 }
 
-# unified asset -> (its table, the rules beyond columns and row count)
-CHECKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "org_units": ("org_unit", ()),
-    "majors": ("major", ("references",)),
-    "classes": ("class_group", ("references",)),
-    "courses": ("course", ()),
-    "students": ("student", ("references",)),
-    "grades": ("grade", ("source_keys",)),
-    "staff": ("staff", ("references", "source_keys")),
-    "fee_bills": ("fee_bill", ("source_keys",)),
-    "payments": ("payment", ("source_keys", "within_bills")),
-    "card_accounts": ("card_account", ()),
-    "persons": ("person", ("id_numbers",)),
+# unified asset -> the rules beyond columns and row count (its table: `quality.CHECKED_TABLES`)
+CHECKS: dict[str, tuple[str, ...]] = {
+    "org_units": (),
+    "majors": ("references",),
+    "classes": ("references",),
+    "courses": (),
+    "students": ("references",),
+    "grades": ("source_keys",),
+    "staff": ("references", "source_keys"),
+    "fee_bills": ("source_keys",),
+    "payments": ("source_keys", "within_bills"),
+    "card_accounts": (),
+    "persons": ("id_numbers",),
     # Checked with the transactions rather than the accounts: blocking the account load on a
     # mismatch would also hold back the very transactions that could explain it.
-    "card_transactions": ("card_transaction", ("balances_reconcile", "balances_chain")),
+    "card_transactions": ("balances_reconcile", "balances_chain"),
 }
 
 
@@ -189,12 +192,6 @@ def _last_evaluation(context: AssetCheckExecutionContext, key: AssetCheckKey) ->
         if event is not None and event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             return event.event_specific_data
     return None
-
-
-def previous_row_count(context: AssetCheckExecutionContext, key: AssetCheckKey) -> int | None:
-    evaluation = _last_evaluation(context, key)
-    entry = getattr(evaluation, "metadata", {}).get(ROW_COUNT)
-    return int(entry.value) if entry is not None and entry.value is not None else None
 
 
 def validated_before(context: AssetCheckExecutionContext, key: AssetCheckKey) -> dt.datetime | None:
@@ -247,7 +244,7 @@ def _evaluated(probes: dict[str, Probe]) -> Iterator[tuple[str, quality.Outcome]
 
 
 def checks_for(entity: str) -> AssetChecksDefinition:
-    table, extra = CHECKS[entity]
+    table, extra = quality.CHECKED_TABLES[entity], CHECKS[entity]
     asset_key = AssetKey(["unified", entity])
     names = (COLUMNS, ROW_COUNT, *extra)
 
@@ -267,11 +264,15 @@ def checks_for(entity: str) -> AssetChecksDefinition:
         selected = [name for name in names if AssetCheckKey(asset_key, name) in context.selected_asset_check_keys]
         # What a rule needs from Dagster's event log is read here, on the op's own thread.
         days = partition_days(context)
+        baseline: quality.Baseline | None = None
+        if ROW_COUNT in selected:  # from the hub's own records: see `row_count_baseline`
+            with database.engine.connect() as connection:
+                baseline = row_count_baseline(connection, entity)
         probes = {
             name: Probe(
                 database.engine,
                 table,
-                previous_row_count(context, AssetCheckKey(asset_key, name)) if name == ROW_COUNT else None,
+                baseline if name == ROW_COUNT else None,
                 days,
                 validated_before(context, AssetCheckKey(asset_key, name)) if name == COLUMNS else None,
             )

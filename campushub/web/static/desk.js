@@ -213,14 +213,27 @@ async function loadChecks(body, failingOnly) {
       c.passed ? "—" : details("失败样本 Failing keys", prettyJson(c.failingKeys)),
       formatTime(c.evaluatedAt),
       dagsterLink(`${assetPath("unified", c.entity)}?view=checks`, `dagster-check-${c.entity}-${c.name}`, "Dagster ↗"),
+      !c.passed && c.name === "row_count" ? acceptRowCountForm(c.entity) : "—",
     ],
   }));
   body.replaceChildren(
     h("p", { class: "summary", testid: "checks-summary" }, `${failing} 项检查未通过 · ${failing} failing`),
     checks.length
-      ? table(["检查 Check", "结果 Result", "计数 Counts", "失败 Failing keys", "时间 Evaluated", "Dagster"], rows, { testid: "checks-table" })
+      ? table(["检查 Check", "结果 Result", "计数 Counts", "失败 Failing keys", "时间 Evaluated", "Dagster", "操作 Action"], rows, { testid: "checks-table" })
       : h("p", { class: "empty" }, failingOnly ? "全部检查通过 · Every check passes" : "尚无检查结果 · No check results yet"),
   );
+}
+
+/** A table that shrank keeps failing its row-count check until a steward accepts its size as it is now. */
+function acceptRowCountForm(entity) {
+  const words = { note: ["接受原因 ", "Why the drop is real"], button: ["接受当前行数 ", "Accept current size"], done: "已接受，下次检查起生效 · Accepted from the next evaluation" };
+  return resolveForm(`rc-${entity}`, `row-count-reason-${entity}`, `accept-row-count-${entity}`, async (reason) => {
+    const { acceptRowCount } = await gql(
+      "mutation AcceptRowCount($entity: String!, $reason: String!) { acceptRowCount(entity: $entity, reason: $reason) { entity rowCount } }",
+      { entity, reason },
+    );
+    announce(`已接受 ${entity} 的当前行数 ${acceptRowCount.rowCount} · Row count accepted`);
+  }, words);
 }
 
 function details(summary, text) {
@@ -299,10 +312,12 @@ function quarantineItem(record, resolved) {
   return item;
 }
 
-/** A resolution note and a button; on success the form is replaced by "已处理". */
-function resolveForm(idPrefix, noteTestid, buttonTestid, submit) {
-  const note = noteField(`${idPrefix}-resolution`, ["处理说明 ", en("Resolution")], { testid: noteTestid, max: 256 });
-  const button = h("button", { type: "submit", testid: buttonTestid }, "标记已处理 ", en("Resolve"));
+const RESOLVE_WORDS = { note: ["处理说明 ", "Resolution"], button: ["标记已处理 ", "Resolve"], done: "已处理 Resolved" };
+
+/** A note and a button; on success the form is replaced by "已处理" (or `words.done`). */
+function resolveForm(idPrefix, noteTestid, buttonTestid, submit, words = RESOLVE_WORDS) {
+  const note = noteField(`${idPrefix}-resolution`, [words.note[0], en(words.note[1])], { testid: noteTestid, max: 256 });
+  const button = h("button", { type: "submit", testid: buttonTestid }, words.button[0], en(words.button[1]));
   const form = h("form", { class: "inline-form" }, note.wrapper, button);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -315,7 +330,7 @@ function resolveForm(idPrefix, noteTestid, buttonTestid, submit) {
     }
     act(button, async () => {
       await submit(note.value());
-      form.replaceWith(h("p", { class: "badge ok", testid: `${buttonTestid}-done` }, "已处理 Resolved"));
+      form.replaceWith(h("p", { class: "badge ok", testid: `${buttonTestid}-done` }, words.done));
     });
   });
   return form;
