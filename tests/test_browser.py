@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, insert, select
 
 from campushub.graphql.auth import Principal, mint_token
-from campushub.models.service import CorrectionRequest, WorkOrder
+from campushub.models.quality import Outcome
+from campushub.models.service import CheckResult, CorrectionRequest, RowCountAcceptance, WorkOrder, record_check_result
 from campushub.models.unified import Student
 from campushub.simulators.server import SimulatorCluster
 from tests.api_support import ApiHub, api_hub
@@ -195,6 +196,42 @@ def test_officer_marks_ready_and_student_is_notified(hub: ApiHub, browser: objec
     with hub.engine.connect() as connection:
         status = connection.execute(select(WorkOrder.status).where(WorkOrder.public_id == work_order)).scalar_one()
     assert status == "ready"
+
+
+def test_steward_accepts_a_shrunk_tables_size_next_to_its_failing_check(hub: ApiHub, browser: object) -> None:
+    """A table that lost rows fails its row-count check run after run; the desk offers the
+    steward, beside that check, to accept the size it has now (with why)."""
+    shrunk = Outcome(passed=False, counts={"row_count": 80, "baseline_row_count": 100}, details={"drop": 0.2})
+    with hub.engine.begin() as connection:
+        kept = (
+            connection.execute(
+                select(CheckResult.__table__).where(
+                    CheckResult.entity == "courses", CheckResult.check_name == "row_count"
+                )
+            )
+            .mappings()
+            .first()
+        )
+        record_check_result(connection, "courses", "row_count", shrunk, "browser-test")
+    try:
+        steward = new_page(browser, "pc")
+        sign_in(steward, hub, "steward", "/desk")
+        appears(steward, "accept-row-count-courses")
+        shoot(steward, "pc-desk-row-count")
+        by_id(steward, "row-count-reason-courses").fill("停开课程已从课程库移除")
+        by_id(steward, "accept-row-count-courses").click()
+        appears(steward, "accept-row-count-courses-done")
+        with hub.engine.connect() as connection:
+            accepted = connection.execute(
+                select(RowCountAcceptance.entity, RowCountAcceptance.reason, RowCountAcceptance.accepted_by)
+            ).all()
+        assert [(row.entity, row.reason) for row in accepted] == [("courses", "停开课程已从课程库移除")]
+    finally:
+        with hub.engine.begin() as connection:  # the module's other tests see the hub as built
+            connection.execute(delete(CheckResult).where(CheckResult.run_id == "browser-test"))
+            if kept is not None:
+                connection.execute(insert(CheckResult).values(**{k: v for k, v in kept.items() if k != "id"}))
+            connection.execute(delete(RowCountAcceptance))
 
 
 def test_nobody_reaches_another_persons_work_order(hub: ApiHub, browser: object) -> None:
