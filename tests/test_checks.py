@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from dagster import (
     AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetsDefinition,
     DagsterInstance,
     ExecuteInProcessResult,
@@ -161,14 +162,16 @@ def test_code_location_loads_without_great_expectations() -> None:
     assert done.stdout.strip().endswith("ok")
 
 
-def test_every_unified_asset_has_checks_that_block_but_for_warnings_about_other_systems_keys() -> None:
+def test_every_unified_asset_has_checks_that_block_but_for_the_warnings() -> None:
     checked = {spec.asset_key for check in ASSET_CHECKS for spec in check.check_specs}
     assert checked == {key for asset in ALL_UNIFIED for key in asset.keys}
     specs = [spec for check in ASSET_CHECKS for spec in check.check_specs]
-    # Every check blocks but the warnings about other systems' keys (`source_keys`).
-    assert {spec.name for spec in specs if not spec.blocking} == {"source_keys"}
+    # Every check blocks but the warnings about other systems' keys (`source_keys`) and about the
+    # phones sources sent that were left out (`phones`).
+    assert {spec.name for spec in specs if not spec.blocking} == {"source_keys", "phones"}
     names = {(spec.asset_key.path[-1], spec.name) for spec in specs}
     assert {("students", "references"), ("payments", "within_bills"), ("persons", "id_numbers")} <= names
+    assert ("persons", "phones") in names
     assert {("card_transactions", "balances_reconcile"), ("card_transactions", "balances_chain")} <= names
     assert all((entity, "columns") in names and (entity, "row_count") in names for entity in CHECKS)
     # What a steward may accept the size of (`acceptRowCount`) is what the checks guard.
@@ -747,6 +750,57 @@ def test_payments_beyond_the_tolerance_fail(layer: Layer) -> None:
     assert not over.passed and over.counts["failing"] == 1
     paid_fen = amount + quality.TOLERANCE_FEN + 1
     assert over.samples == [{"bill_no": bill, "amount_fen": amount, "paid_fen": paid_fen, "payments": count}]
+
+
+def test_phones_left_out_are_warned_of_masked_by_source_and_hold_nothing_back(layer: Layer) -> None:
+    engine = layer.engine
+    card_no = scalar(engine, "SELECT MIN(card_no) FROM card_account WHERE deleted_at IS NULL")
+    sent = {"academic": "0759-2383000", "card": "+44 20 7946 0958"}
+    set_phone = "UPDATE source_identity SET phone_unusable = :phone WHERE source = :source AND source_key = :key"
+    with engine.connect() as connection:
+        student_no, gone = connection.execute(text("SELECT student_no FROM student ORDER BY 1 LIMIT 2")).scalars()
+        assert quality.unusable_phones(connection).passed  # the stand-ins send mobiles alone
+    with broken(
+        engine,
+        (set_phone, {"phone": sent["academic"], "source": "academic", "key": student_no}),
+        (set_phone, {"phone": sent["card"], "source": "card", "key": card_no}),
+        # A record its source no longer has: nothing left there to correct.
+        (set_phone, {"phone": "0759-2383001", "source": "academic", "key": gone}),
+        f"UPDATE student SET deleted_at = CURRENT_TIMESTAMP WHERE student_no = '{gone}'",
+        restore=[
+            "UPDATE source_identity SET phone_unusable = NULL WHERE phone_unusable IS NOT NULL",
+            f"UPDATE student SET deleted_at = NULL WHERE student_no = '{gone}'",
+        ],
+    ) as connection:
+        outcome = quality.unusable_phones(connection)
+        identities = sum(live(engine, table) for table in ("student", "staff", "card_account"))
+        connection.rollback()  # not a reader in the way of the run's writes
+        result = materialize(
+            [persons, *checks_on([persons])],
+            resources={"database": layer.resources["database"]},
+            instance=layer.instance,
+            raise_on_error=False,
+        )
+    assert not outcome.passed
+    assert outcome.counts == {
+        "identities": identities,
+        "failing": 2,
+        "academic: phone not a mainland mobile": 1,
+        "card: phone not a mainland mobile": 1,
+    }
+    assert outcome.samples == [
+        {"source": "academic", "source_key": student_no, "phone": "075*****3000"},
+        {"source": "card", "source_key": card_no, "phone": "+44*********0958"},
+    ]
+    shown = str(outcome.metadata())
+    assert "2383000" not in shown and "7946" not in shown
+    # The persons' warning: a WARN that holds nothing back, its keys as the rule gave them.
+    warning = evaluations(result)["persons.phones"]
+    assert result.success and not warning.passed and warning.severity == AssetCheckSeverity.WARN
+    assert value(warning, "failing_keys") == outcome.samples and value(warning, "failing") == 2
+    assert "persons" in materialized(result)
+    with engine.connect() as connection:
+        assert quality.unusable_phones(connection).passed
 
 
 def test_id_numbers_that_disagree_are_reported_by_person_never_by_number(layer: Layer) -> None:

@@ -3,19 +3,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
 
+from campushub.connectors.academic import AcademicSource
+from campushub.connectors.base import Batch
 from campushub.models.landing import RawRecord
-from campushub.models.unified import CardTransaction, Person, Student
+from campushub.models.unified import CardTransaction, Person, SourceIdentity, Student
 from campushub.orchestration import mainjob
 from campushub.orchestration.collector import THRESHOLDS, tune_for_bulk_work
 from campushub.simulators.server import SimulatorCluster
 from tests.databases import DATABASES, fresh_database
-from tests.test_pipeline import FastHRAPI, resources_for, url_of
+from tests.test_pipeline import FastAcademicAPI, FastHRAPI, resources_for, url_of
 
 
 def _count(engine: Engine, *what: object) -> int:
@@ -43,7 +47,7 @@ def test_main_job_builds_everything_and_says_so_once(
         assert [line for line in said if line.startswith("main job")] == ["main job: succeeded"]
         assert [line for line in said if line.startswith("quality checks")] == [
             "quality checks: 2 passed, 0 failed",  # the card accounts', with landing
-            "quality checks: 30 passed, 0 failed",  # the rest of the unified layer's
+            "quality checks: 31 passed, 0 failed",  # the rest of the unified layer's
             "quality checks: 4 passed, 0 failed",  # the card days'
         ]
         landed_events = RawRecord.__table__.select().where(RawRecord.stream == "card_transactions").subquery()
@@ -53,6 +57,48 @@ def test_main_job_builds_everything_and_says_so_once(
         assert _count(engine, Person) >= simulators.settings.students
     # Its runs tuned this process's garbage collector for bulk work (orchestration/collector.py).
     assert gc.get_threshold() == THRESHOLDS and gc.get_freeze_count() > 0
+
+
+LANDLINE = "0759-2383000"
+
+
+class _LandlineSource(AcademicSource):
+    """Academic affairs, but the first student it sends has a landline for a phone."""
+
+    def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:
+        for batch in super().read(stream, cursor):
+            if stream == "students" and batch.page == "page 1" and batch.records:
+                first, *rest = batch.records
+                landline = first._replace(data={**first.data, "SJHM": LANDLINE})
+                batch = dataclasses.replace(batch, records=[landline, *rest])
+            yield batch
+
+
+class LandlineAcademicAPI(FastAcademicAPI):
+    def open(self) -> AcademicSource:
+        return _LandlineSource(self.http_settings(), self.api_key)
+
+
+@DATABASES
+def test_a_phone_left_out_is_warned_of_and_the_main_job_still_succeeds(
+    database_kind: str, simulators: SimulatorCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with fresh_database(database_kind, tmp_path) as engine:
+        resources = resources_for(simulators, url_of(engine))
+        academic = resources["academic"]
+        assert isinstance(academic, FastAcademicAPI)
+        resources["academic"] = LandlineAcademicAPI(base_url=academic.base_url, api_key=academic.api_key)
+        succeeded, said = _main_job_on(engine, resources, monkeypatch)
+        assert succeeded, "\n".join(said)
+        assert said[-1] == "main job: succeeded"
+        assert "quality checks: 30 passed, 0 failed, 1 warned (unified/persons: phones)" in said
+        with engine.connect() as connection:
+            kept = connection.execute(
+                select(SourceIdentity.source, SourceIdentity.phone, Student.deleted_at)
+                .join(Student, Student.student_no == SourceIdentity.source_key)
+                .where(SourceIdentity.phone_unusable == LANDLINE)
+            ).all()
+        assert kept == [("academic", None, None)]  # the student loaded, without the phone
 
 
 def test_the_collector_is_tuned_once_per_process() -> None:

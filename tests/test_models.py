@@ -781,21 +781,25 @@ def test_a_record_that_cannot_be_mapped_or_stored_is_quarantined_and_its_stream_
     assert reasons["S3|C01|2025-2026-1"].startswith("normalise: AttributeError")
 
 
+# A student as academic affairs sends one, but for the phone (SJHM).
+A_STUDENT = {
+    "XH": "202401010001",
+    "XM": "陈伟",
+    "XBM": "1",
+    "CSRQ": "2005-03-01",
+    "YXDM": "01",
+    "ZYDM": "0101",
+    "BJDM": "010101",
+    "RXNY": "202409",
+    "XJZTM": "01",
+    "GXSJ": "2026-01-15T10:00:00+08:00",
+}
+
+
 def test_a_phone_that_is_not_a_mainland_mobile_is_left_out_not_the_record_refused() -> None:
     from campushub.models.unify import student
 
-    payload = {
-        "XH": "202401010001",
-        "XM": "陈伟",
-        "XBM": "1",
-        "CSRQ": "2005-03-01",
-        "YXDM": "01",
-        "ZYDM": "0101",
-        "BJDM": "010101",
-        "RXNY": "202409",
-        "XJZTM": "01",
-        "GXSJ": "2026-01-15T10:00:00+08:00",
-    }
+    payload = A_STUDENT
     mobile = student({**payload, "SJHM": "+86 138-0013-8000"})
     assert mobile.identity is not None and mobile.identity["phone"] == "13800138000"
     landline = student({**payload, "SJHM": "0759-2383123"})  # the record loads, without the phone
@@ -803,6 +807,52 @@ def test_a_phone_that_is_not_a_mainland_mobile_is_left_out_not_the_record_refuse
     assert landline.row["student_no"] == "202401010001"
     as_number = student({**payload, "SJHM": 13800138000})  # a number where text was expected
     assert as_number.identity is not None and as_number.identity["phone"] == "13800138000"
+
+
+@DATABASES
+def test_a_phone_left_out_is_kept_as_sent_beside_its_identity_until_a_usable_one_comes(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """A landline loads its record without a phone — the golden record's too — and the identity
+    keeps what was sent, for the persons' `phones` warning; a value wider than that copy's column
+    is cut, never the record quarantined. A later mobile replaces it, and the copy is gone."""
+    from campushub.models.identity import resolve
+
+    def student(no: str, phone: str, at: str) -> Record:
+        return Record(no, {**A_STUDENT, "XH": no, "SJHM": phone, "GXSJ": f"2026-01-{at}T10:00:00+08:00"})
+
+    rambling = "0759-2383000 转 8021（学院办公室，工作日上午 8:00-11:30 有人）"
+    assert len(rambling) > SourceIdentity.__table__.c.phone_unusable.type.length
+    mapping = MAPPINGS[("academic", "students")]
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+
+        def sync(*records: Record) -> Any:
+            result = LandingResult("academic", "students", "run", "incremental", None)
+            land_batches(connection, "academic", "students", [Batch(list(records))], result)
+            loaded = unify(connection, mapping, "run")
+            resolve(connection)
+            return loaded
+
+        def phones() -> dict[str, tuple[str | None, str | None, str | None]]:
+            rows = connection.execute(
+                select(SourceIdentity.source_key, SourceIdentity.phone, SourceIdentity.phone_unusable, Person.phone)
+                .join(Person, Person.id == SourceIdentity.person_id)
+                .order_by(SourceIdentity.source_key)
+            )
+            return {key: (phone, unusable, golden) for key, phone, unusable, golden in rows}
+
+        first = sync(
+            student("S1", "0759-2383000", "15"), student("S2", rambling, "15"), student("S3", "13800138000", "15")
+        )
+        assert (first.inserted, first.quarantined) == (3, 0)
+        assert phones() == {
+            "S1": (None, "0759-2383000", None),
+            "S2": (None, rambling[:32], None),
+            "S3": ("13800138000", None, "13800138000"),
+        }
+        later = sync(student("S1", "+86 139-0013-9000", "16"))
+        assert (later.updated, later.quarantined) == (1, 0)
+        assert phones()["S1"] == ("13900139000", None, "13900139000")
 
 
 @DATABASES

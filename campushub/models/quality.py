@@ -3,8 +3,9 @@
 Everything a rule depends on is declared here, as data, once: which columns must be present
 and unique, which national code table each coded column draws from, the phone and e-mail
 formats, the references that chain a student to a college, how far payments may exceed a bill,
-and how far a table may shrink below its baseline. Nothing here knows about Dagster:
-`campushub.orchestration.checks` turns each `Outcome` into an asset check result.
+how far a table may shrink below its baseline, and which table holds each source's person
+records. Nothing here knows about Dagster: `campushub.orchestration.checks` turns each `Outcome`
+into an asset check result.
 
 Column rules run in Great Expectations 1.x against the database itself (a SQL datasource
 reading the table where it lives); cross-table rules are plain SQL that SQLite (≥ 3.25, for
@@ -206,6 +207,13 @@ KEY_REFERENCES: tuple[KeyReference, ...] = (
     # wait in quarantine).
     KeyReference("staff", "department_code", "org_unit", "hr_code"),
 )
+# Each source's person records: the table that holds them and its key, which is the source key of
+# the record's `source_identity` row. An identity is live while that row is not marked deleted.
+IDENTITY_ROWS: dict[str, tuple[str, str]] = {
+    "academic": ("student", "student_no"),
+    "hr": ("staff", "staff_no"),
+    "card": ("card_account", "card_no"),
+}
 
 
 # ------------------------------------------------------------------------------ outcomes
@@ -793,6 +801,45 @@ def id_number_problems(connection: Connection, chunk: int = 5000) -> Outcome:
     return Outcome(
         passed=failing == 0,
         counts={"persons_with_id_number": checked, "failing": failing, **dict(sorted(counts.items()))},
+        samples=samples,
+    )
+
+
+@_timed
+def unusable_phones(connection: Connection) -> Outcome:
+    """No live source identity was sent a phone that could not be used: one that is not a
+    mainland mobile (a landline, a number from abroad) is left out of the unified layer, so that
+    it does not cost the record, and kept beside it as sent (`phone_unusable`) — for a steward
+    to have the source corrected, since a form that needs the phone finds none. Counted by
+    source; failing identities are named by their source key, the phone masked. A record marked
+    deleted is not counted: there is nothing left at its source to correct."""
+    counts: Counter[str] = Counter()
+    samples: list[dict[str, Any]] = []
+    identities = 0
+    for source, (table, key) in IDENTITY_ROWS.items():
+        joined = f"""FROM source_identity i JOIN {table} r ON r.{key} = i.source_key AND {_live("r", table)}
+                     WHERE i.source = :source"""
+        live, unusable = connection.execute(
+            text(f"SELECT COUNT(*), COUNT(i.phone_unusable) {joined}"), {"source": source}
+        ).one()
+        identities += int(live)
+        if not unusable:
+            continue
+        counts[f"{source}: phone not a mainland mobile"] = int(unusable)
+        if len(samples) == SAMPLE:
+            continue
+        rows = connection.execute(
+            text(
+                f"""SELECT i.source_key, i.phone_unusable {joined} AND i.phone_unusable IS NOT NULL
+                    ORDER BY i.source_key LIMIT :sample"""
+            ),
+            {"source": source, "sample": SAMPLE - len(samples)},
+        ).all()
+        samples += [{"source": source, "source_key": k, "phone": mask_phone(phone)} for k, phone in rows]
+    failing = sum(counts.values())
+    return Outcome(
+        passed=failing == 0,
+        counts={"identities": identities, "failing": failing, **dict(sorted(counts.items()))},
         samples=samples,
     )
 

@@ -109,6 +109,10 @@ class SourceIdentity(Base):
     id_number_cipher: Mapped[bytes | None] = mapped_column(LargeBinary)
     id_number_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     phone: Mapped[str | None] = mapped_column(String(20))
+    # The phone as the source sent it when it is not a mainland mobile, and so left out of
+    # `phone` (see `_phone` in unify.py): never a golden value, only what the persons' `phones`
+    # warning shows a steward, so that the source gets corrected. Cut to this width when longer.
+    phone_unusable: Mapped[str | None] = mapped_column(String(32))
     email: Mapped[str | None] = mapped_column(String(128))
     as_of: Mapped[dt.datetime | None]
     row_hash: Mapped[str] = mapped_column(String(32))

@@ -93,23 +93,40 @@ class Mapping:
 
 # ---------------------------------------------------------------------------- mappers
 def _person_fields(name: str, id_number: str | None, phone: str | None) -> dict[str, Any]:
+    usable = _phone(phone) if phone else None
     return {
         "name": norm.person_name(name),
         "id_number_hash": id_hash(id_number) if id_number else None,
         "id_number_cipher": encrypt_id(id_number) if id_number else None,
-        "phone": _phone(phone) if phone else None,
+        "phone": usable,
+        "phone_unusable": _as_sent(phone) if phone and usable is None else None,
     }
 
 
 def _phone(value: Any) -> str | None:
     """A mainland mobile number, normalised; any other (a landline, a number from abroad) is left
-    out of the unified layer — raw landing keeps it as sent. An optional field that does not fit
-    its shape must not cost the person's whole record (a new student would never appear), nor
-    fail the persons' phone rule, which admits mainland mobiles alone, run after run."""
+    out of the unified layer — raw landing keeps it as sent, and the identity a copy for the
+    steward (`_as_sent`). An optional field that does not fit its shape must not cost the
+    person's whole record (a new student would never appear), nor fail the persons' phone rule,
+    which admits mainland mobiles alone, run after run."""
     try:
         return norm.phone(str(value))
     except ValueError:
         return None
+
+
+_UNUSABLE_PHONE_WIDTH: int = SourceIdentity.__table__.c.phone_unusable.type.length
+
+
+def _as_sent(value: Any) -> str | None:
+    """A phone that could not be used, as sent, for the persons' `phones` warning; None for blanks.
+
+    Cut to its column's width rather than left to the over-width check: that check would
+    quarantine the whole record for a copy kept only to tell a steward, costing the record
+    exactly what leaving the phone out spares it. A prefix is enough to say which phone it was,
+    and raw landing keeps the whole of it."""
+    text = str(value).strip()
+    return text[:_UNUSABLE_PHONE_WIDTH] or None
 
 
 def student(p: dict[str, Any]) -> Mapped:

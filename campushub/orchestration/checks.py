@@ -5,15 +5,18 @@ Every unified asset has its column expectations (Great Expectations, run in the 
 a row-count guard (held to its last passing evaluation, or to the size a steward accepted);
 some have cross-table rules besides — references up the student → class → major → college
 chain (keys agreeing with the codes the source sent), payments within their bills, ID numbers
-that agree with the person, card balances that reconcile with the transactions, and the keys
-of other systems a row carries (`source_keys`). The rules, and everything they declare, live in
-`campushub.models.quality`; `CHECKS` below says which asset gets which.
+that agree with the person, card balances that reconcile with the transactions, the keys
+of other systems a row carries (`source_keys`), and the phones sources sent that could not be
+used (`phones`). The rules, and everything they declare, live in `campushub.models.quality`;
+`CHECKS` below says which asset gets which.
 
 All checks of one asset run in one op, so an asset costs one extra step, and each result
 carries its counts, a few failing keys (never an ID number; phones and e-mails masked) and its
 `duration_s`. A failing check has ERROR severity and blocks: the asset's downstream does not run —
-but for `source_keys`, a WARN: a grade naming no student most often means the student's record
-waits in quarantine, which the steward sees there, and holding the grades back helps no one.
+but for `source_keys` and `phones`, WARNs: a grade naming no student most often means the
+student's record waits in quarantine, which the steward sees there, and holding the grades back
+helps no one; a phone that is not a mainland mobile was left out already — the person's record
+loaded without it — and only its source can put it right.
 """
 
 import datetime as dt
@@ -65,7 +68,8 @@ class Rule:
     description: str
     run: Callable[[Probe], quality.Outcome]
     # Blocking, at ERROR severity, unless a failure is more often another system's record
-    # waiting in quarantine than this table's fault: then a WARN for a steward.
+    # waiting in quarantine than this table's fault, or a value the table already went without:
+    # then a WARN for a steward.
     blocking: bool = True
 
 
@@ -86,6 +90,11 @@ def _references(probe: Probe) -> quality.Outcome:
 def _source_keys(probe: Probe) -> quality.Outcome:
     with probe.engine.connect() as connection:
         return quality.source_key_problems(connection, probe.table)
+
+
+def _phones(probe: Probe) -> quality.Outcome:
+    with probe.engine.connect() as connection:
+        return quality.unusable_phones(connection)
 
 
 def _within_bills(probe: Probe) -> quality.Outcome:
@@ -142,6 +151,14 @@ RULES: dict[str, Rule] = {
         _source_keys,
         blocking=False,
     ),
+    "phones": Rule(
+        "Every live record of a person (student, member of staff, card holder) was sent a usable phone. One that "
+        "is not a mainland mobile (a landline, a number from abroad) is left out of the unified layer and kept as "
+        "sent beside the record; listed masked, by source and source key. A warning: the person's record loaded "
+        "without it, and only the source can correct it.",
+        _phones,
+        blocking=False,
+    ),
     "within_bills": Rule(
         f"Payments against a bill never exceed it by more than {quality.TOLERANCE_FEN} fen.",
         _within_bills,
@@ -172,7 +189,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "fee_bills": ("source_keys",),
     "payments": ("source_keys", "within_bills"),
     "card_accounts": (),
-    "persons": ("id_numbers",),
+    "persons": ("id_numbers", "phones"),
     # Checked with the transactions rather than the accounts: blocking the account load on a
     # mismatch would also hold back the very transactions that could explain it.
     "card_transactions": ("balances_reconcile", "balances_chain"),

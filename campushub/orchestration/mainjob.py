@@ -117,7 +117,7 @@ def _report(result: ExecuteInProcessResult, say: Callable[[str], None]) -> int:
         say(f"{key:32} {described}{days}")
     evaluations = result.get_asset_check_evaluations()
     failing = [e for e in evaluations if not e.passed]
-    # A warning (`source_keys`) is reported, but fails nothing: it holds nothing back.
+    # A warning (`source_keys`, `phones`) is reported, but fails nothing: it holds nothing back.
     failed = [e for e in failing if e.severity == AssetCheckSeverity.ERROR]
     warned = [e for e in failing if e.severity != AssetCheckSeverity.ERROR]
     if evaluations:
