@@ -25,8 +25,14 @@ from campushub.graphql.permissions import ROLES
 from campushub.graphql.schema import SCHEMA
 from campushub.models.landing import QuarantinedRecord
 from campushub.models.protect import decrypt_id
-from campushub.models.quality import Baseline
-from campushub.models.service import AuditEntry, RowCountAcceptance, row_count_baseline
+from campushub.models.quality import Baseline, Outcome
+from campushub.models.service import (
+    AuditEntry,
+    CheckResult,
+    RowCountAcceptance,
+    record_check_result,
+    row_count_baseline,
+)
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import Conflict, OrgUnit, Person, Staff, Student
 from tests.api_support import Api, ApiHub
@@ -495,6 +501,27 @@ def test_steward_views_are_for_stewards_only(hub_api: ApiHub, role: str) -> None
     else:
         assert answer["data"] is None and error_codes(answer) == [FORBIDDEN]
         assert [(r["entity"], r["outcome"]) for r in audit_rows(hub_api.engine, request_id)] == [("steward", "denied")]
+
+
+def test_stewards_see_which_failed_checks_only_warn(hub_api: ApiHub) -> None:
+    """A kept verdict says whether its failure blocks or only warns (the checks record it from
+    the rule's declaration): the desk shows a warning apart from the failures that hold data back."""
+    verdicts = [("grades", "source_keys", False), ("students", "references", True)]
+    with hub_api.engine.begin() as connection:
+        kept = connection.execute(select(CheckResult.__table__)).mappings().all()
+        connection.execute(delete(CheckResult))
+        for entity, name, blocking in verdicts:
+            record_check_result(connection, entity, name, Outcome(passed=False, counts={"failing": 1}), "t", blocking)
+    try:
+        answer = hub_api.as_role("steward").query("{ steward { checks(failingOnly: true) { entity name blocking } } }")
+    finally:
+        with hub_api.engine.begin() as connection:
+            connection.execute(delete(CheckResult))
+            if kept:
+                connection.execute(insert(CheckResult), [dict(row) for row in kept])
+    assert "errors" not in answer, answer
+    shown = [(check["entity"], check["name"], check["blocking"]) for check in answer["data"]["steward"]["checks"]]
+    assert shown == verdicts
 
 
 ID_NUMBER_IN_PAYLOAD = "440902200308246403"  # a well-formed number, as a source would send it

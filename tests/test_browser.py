@@ -202,21 +202,25 @@ def test_steward_accepts_a_shrunk_tables_size_next_to_its_failing_check(hub: Api
     """A table that lost rows fails its row-count check run after run; the desk offers the
     steward, beside that check, to accept the size it has now (with why)."""
     shrunk = Outcome(passed=False, counts={"row_count": 80, "baseline_row_count": 100}, details={"drop": 0.2})
+    unnamed = Outcome(passed=False, counts={"failing": 1})  # a grade naming no student: a warning
+    replaced = [("courses", "row_count"), ("grades", "source_keys")]
     with hub.engine.begin() as connection:
-        kept = (
-            connection.execute(
-                select(CheckResult.__table__).where(
-                    CheckResult.entity == "courses", CheckResult.check_name == "row_count"
-                )
-            )
-            .mappings()
-            .first()
-        )
+        kept = [
+            dict(row)
+            for entity, name in replaced
+            for row in connection.execute(
+                select(CheckResult.__table__).where(CheckResult.entity == entity, CheckResult.check_name == name)
+            ).mappings()
+        ]
         record_check_result(connection, "courses", "row_count", shrunk, "browser-test")
+        record_check_result(connection, "grades", "source_keys", unnamed, "browser-test", blocking=False)
     try:
         steward = new_page(browser, "pc")
         sign_in(steward, hub, "steward", "/desk")
         appears(steward, "accept-row-count-courses")
+        # The warning is told apart from the failure that blocks, and offers no acceptance.
+        expect(by_id(steward, "warning-grades-source_keys")).to_contain_text("Warning")
+        expect(by_id(steward, "checks-summary")).to_contain_text("1 failing, 1 warning")
         shoot(steward, "pc-desk-row-count")
         by_id(steward, "row-count-reason-courses").fill("停开课程已从课程库移除")
         by_id(steward, "accept-row-count-courses").click()
@@ -229,8 +233,8 @@ def test_steward_accepts_a_shrunk_tables_size_next_to_its_failing_check(hub: Api
     finally:
         with hub.engine.begin() as connection:  # the module's other tests see the hub as built
             connection.execute(delete(CheckResult).where(CheckResult.run_id == "browser-test"))
-            if kept is not None:
-                connection.execute(insert(CheckResult).values(**{k: v for k, v in kept.items() if k != "id"}))
+            for row in kept:
+                connection.execute(insert(CheckResult).values(**row))
             connection.execute(delete(RowCountAcceptance))
 
 

@@ -112,6 +112,9 @@ class Check(graphene.ObjectType):
     failing_keys = graphene.JSONString(required=True)
     evaluated_at = graphene.DateTime(required=True)
     run_id = graphene.String()
+    blocking = graphene.Boolean(
+        required=True, description="false for a check that only warns when it fails: it holds nothing back"
+    )
 
 
 class QuarantineRecord(graphene.ObjectType):
@@ -270,6 +273,7 @@ class Steward(graphene.ObjectType):
                 failing_keys=row.samples,
                 evaluated_at=row.evaluated_at,
                 run_id=row.run_id,
+                blocking=row.blocking,
             )
             for row in info.context.connection.execute(query)
         ]

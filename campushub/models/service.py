@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import Connection, Index, RowMapping, String, delete, insert, select
+from sqlalchemy import Connection, Index, RowMapping, String, delete, insert, select, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campushub.models.base import Base, BigId, Payload, utcnow
@@ -59,6 +59,8 @@ class CheckResult(Base):
     samples: Mapped[list[dict[str, Any]]] = mapped_column(Payload)
     evaluated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(String(64))
+    # False for a check that only warns when it fails (it holds nothing back): shown as a warning.
+    blocking: Mapped[bool] = mapped_column(default=True, server_default=true())
 
 
 class RowCountAcceptance(Base):
@@ -136,7 +138,7 @@ class Notification(Base):
 
 
 def record_check_result(
-    connection: Connection, entity: str, check_name: str, outcome: Outcome, run_id: str | None
+    connection: Connection, entity: str, check_name: str, outcome: Outcome, run_id: str | None, blocking: bool = True
 ) -> None:
     """Keep the latest verdict of one check (replacing the previous one) for the API to show."""
     connection.execute(delete(CheckResult).where(CheckResult.entity == entity, CheckResult.check_name == check_name))
@@ -149,6 +151,7 @@ def record_check_result(
             samples=outcome.samples,
             evaluated_at=utcnow(),
             run_id=run_id,
+            blocking=blocking,
         )
     )
 

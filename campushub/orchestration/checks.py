@@ -297,7 +297,7 @@ def checks_for(entity: str) -> AssetChecksDefinition:
         }
         for name, outcome in _evaluated(probes):
             with database.engine.begin() as connection:
-                record_check_result(connection, entity, name, outcome, context.run.run_id)
+                record_check_result(connection, entity, name, outcome, context.run.run_id, RULES[name].blocking)
             if not outcome.passed:
                 context.log.warning(f"{asset_key.to_user_string()} failed {name}: {outcome.counts}")
             yield AssetCheckResult(

@@ -199,16 +199,17 @@ async function loadSources(body) {
 async function loadChecks(body, failingOnly) {
   const { steward } = await gql(
     `query Checks($failingOnly: Boolean) { steward { checks(failingOnly: $failingOnly) {
-      entity name passed counts failingKeys evaluatedAt } } }`,
+      entity name passed blocking counts failingKeys evaluatedAt } } }`,
     { failingOnly },
   );
   const checks = steward.checks;
-  const failing = checks.filter((c) => !c.passed).length;
+  const failing = checks.filter((c) => !c.passed && c.blocking).length;
+  const warned = checks.filter((c) => !c.passed && !c.blocking).length;
   const rows = checks.map((c) => ({
     testid: `check-${c.entity}-${c.name}`,
     cells: [
       `${c.entity} · ${c.name}`,
-      h("span", { class: `badge ${c.passed ? "ok" : "bad"}` }, c.passed ? "通过 Passed" : "未通过 Failing"),
+      verdictBadge(c),
       details("计数 Counts", prettyJson(c.counts)),
       c.passed ? "—" : details("失败样本 Failing keys", prettyJson(c.failingKeys)),
       formatTime(c.evaluatedAt),
@@ -217,11 +218,18 @@ async function loadChecks(body, failingOnly) {
     ],
   }));
   body.replaceChildren(
-    h("p", { class: "summary", testid: "checks-summary" }, `${failing} 项检查未通过 · ${failing} failing`),
+    h("p", { class: "summary", testid: "checks-summary" }, `${failing} 项检查未通过，${warned} 项警告 · ${failing} failing, ${warned} warning${warned === 1 ? "" : "s"}`),
     checks.length
       ? table(["检查 Check", "结果 Result", "计数 Counts", "失败 Failing keys", "时间 Evaluated", "Dagster", "操作 Action"], rows, { testid: "checks-table" })
       : h("p", { class: "empty" }, failingOnly ? "全部检查通过 · Every check passes" : "尚无检查结果 · No check results yet"),
   );
+}
+
+/** A failed check that only warns holds nothing back: shown apart from the failures that block. */
+function verdictBadge(check) {
+  if (check.passed) return h("span", { class: "badge ok" }, "通过 Passed");
+  if (!check.blocking) return h("span", { class: "badge missing", testid: `warning-${check.entity}-${check.name}` }, "警告 Warning");
+  return h("span", { class: "badge bad" }, "未通过 Failing");
 }
 
 /** A table that shrank keeps failing its row-count check until a steward accepts its size as it is now. */

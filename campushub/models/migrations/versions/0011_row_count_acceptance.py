@@ -9,7 +9,7 @@ when newer than the last pass, is the count the check compares with.
 
 Revision ID: 0011
 Revises: 0010
-Create Date: 2026-12-07 10:30:00
+Create Date: 2026-12-06 21:30:00
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ identity: one whose record lands again is filled in then.
 
 Revision ID: 0012
 Revises: 0011
-Create Date: 2026-12-08 09:40:00
+Create Date: 2026-12-06 21:50:00
 """
 
 from __future__ import annotations
