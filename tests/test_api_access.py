@@ -652,7 +652,8 @@ def test_non_stewards_cannot_resolve(hub_api: ApiHub, own_conflict: int) -> None
     assert status == "open"
 
 
-ACCEPT_ROW_COUNT = """mutation($entity: String!, $reason: String!) { acceptRowCount(entity: $entity, reason: $reason) {
+ACCEPT_ROW_COUNT = """mutation($entity: String!, $rowCount: Int!, $reason: String!) {
+  acceptRowCount(entity: $entity, rowCount: $rowCount, reason: $reason) {
     entity rowCount acceptedBy acceptedAt reason } }"""
 
 
@@ -674,10 +675,16 @@ def acceptances(hub_api: ApiHub) -> list[RowMapping]:
 @pytest.mark.usefixtures("own_acceptances")
 def test_steward_accepts_a_tables_row_count_as_its_baseline(hub_api: ApiHub) -> None:
     steward = hub_api.as_role("steward")
-    answer, request_id = ask(steward, ACCEPT_ROW_COUNT, {"entity": "students", "reason": "  a cohort graduated  "})
-    assert "errors" not in answer, answer
     with hub_api.engine.connect() as connection:
         live = connection.execute(select(func.count()).where(Student.deleted_at.is_(None))).scalar_one()
+    # The count a steward was shown, if the table has moved on since, is not accepted.
+    moved = steward.query(ACCEPT_ROW_COUNT, {"entity": "students", "rowCount": live + 1, "reason": "graduated"})
+    assert moved["data"] is None and error_codes(moved) == ["BAD_USER_INPUT"]
+    assert f"holds {live} live rows now" in moved["errors"][0]["message"] and acceptances(hub_api) == []
+    variables = {"entity": "students", "rowCount": live, "reason": "  a cohort graduated  "}
+    answer, request_id = ask(steward, ACCEPT_ROW_COUNT, variables)
+    assert "errors" not in answer, answer
+    with hub_api.engine.connect() as connection:
         baseline = row_count_baseline(connection, "students")
     accepted = answer["data"]["acceptRowCount"]
     subject = hub_api.users["steward"].subject
@@ -708,9 +715,9 @@ def test_a_row_count_is_accepted_only_for_a_checked_entity_and_with_a_reason(hub
         ("students", "   "),
         ("students", "x" * 257),
     ):
-        answer = steward.query(ACCEPT_ROW_COUNT, {"entity": entity, "reason": reason})
+        answer = steward.query(ACCEPT_ROW_COUNT, {"entity": entity, "rowCount": 0, "reason": reason})
         assert answer["data"] is None and error_codes(answer) == ["BAD_USER_INPUT"], (entity, reason)
-    unknown = steward.query(ACCEPT_ROW_COUNT, {"entity": "student", "reason": "x"})
+    unknown = steward.query(ACCEPT_ROW_COUNT, {"entity": "student", "rowCount": 0, "reason": "x"})
     assert "students" in unknown["errors"][0]["message"]  # it names what may be accepted
     assert acceptances(hub_api) == []
 
@@ -718,7 +725,9 @@ def test_a_row_count_is_accepted_only_for_a_checked_entity_and_with_a_reason(hub
 @pytest.mark.usefixtures("own_acceptances")
 def test_non_stewards_cannot_accept_a_row_count(hub_api: ApiHub) -> None:
     for role in (role for role in ROLES if not ROLES[role].steward):
-        answer, request_id = ask(hub_api.as_role(role), ACCEPT_ROW_COUNT, {"entity": "students", "reason": "no"})
+        answer, request_id = ask(
+            hub_api.as_role(role), ACCEPT_ROW_COUNT, {"entity": "students", "rowCount": 0, "reason": "no"}
+        )
         assert answer["data"] is None and error_codes(answer) == [FORBIDDEN], role
         assert [(r["entity"], r["outcome"]) for r in audit_rows(hub_api.engine, request_id)] == [("steward", "denied")]
     assert acceptances(hub_api) == []
@@ -834,6 +843,11 @@ def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
         ("440102-19900101-123X", "440***********123X"),
         ("440102 1990 0101 123X", "440***********123X"),
         ("440102 900101 123", "440********1123"),
+        ("138  0013  8000", "138****8000"),
+        ("138\t0013\t8000", "138****8000"),
+        ("440102 - 19900101 - 123X", "440***********123X"),
+        ("１３８００１３８０００", "138****8000"),
+        ("４４０１０２１９９００１０１１２３Ｘ", "440***********123X"),
     ],
 )
 def test_quarantined_numbers_written_with_separators_are_masked(written: str, shown: str) -> None:

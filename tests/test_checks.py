@@ -29,13 +29,19 @@ from dagster import (
 )
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from campushub.models import quality
 from campushub.models.engine import make_engine
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id
-from campushub.models.service import CheckResult, RowCountAcceptance, accept_row_count
+from campushub.models.service import (
+    CheckResult,
+    RowCountAcceptance,
+    accept_row_count,
+    record_check_result,
+    row_count_baseline,
+)
 from campushub.models.unified import CardTransaction, Student
 from campushub.orchestration.assets.raw import RAW_ASSETS
 from campushub.orchestration.assets.unified import ALL_UNIFIED, UNIFIED_ASSETS, card_transactions, persons
@@ -274,12 +280,12 @@ def courses_row_count(layer: Layer) -> AssetCheckEvaluation:
 
 
 def last_verdict_at(layer: Layer) -> str:
-    """When the courses' latest row-count verdict was recorded, as a baseline names it."""
+    """When the courses' latest row-count verdict counted, as a baseline names it."""
     verdict = CheckResult.__table__.c
-    query = select(verdict.evaluated_at).where(verdict.entity == "courses", verdict.check_name == "row_count")
+    query = select(verdict.counts).where(verdict.entity == "courses", verdict.check_name == "row_count")
     with layer.engine.connect() as connection:
-        at = connection.execute(query).scalar_one()
-    return at.astimezone(dt.UTC).isoformat(timespec="seconds")
+        counted_at = dt.datetime.fromisoformat(connection.execute(query).scalar_one()["counted_at"])
+    return counted_at.astimezone(dt.UTC).isoformat(timespec="seconds")
 
 
 @contextmanager
@@ -329,7 +335,7 @@ def test_a_stewards_acceptance_of_the_new_size_is_the_next_evaluations_baseline(
     with fewer_courses(layer, gone):
         assert not courses_row_count(layer).passed
         with layer.engine.begin() as connection:
-            accepted = accept_row_count(connection, "courses", "steward-t", "courses retired at the source")
+            accepted = accept_row_count(connection, "courses", "steward-t", "courses retired", total - gone)
         assert accepted["row_count"] == total - gone
         after = courses_row_count(layer)
     assert after.passed
@@ -339,13 +345,51 @@ def test_a_stewards_acceptance_of_the_new_size_is_the_next_evaluations_baseline(
 
 
 @pytest.mark.usefixtures("courses_acceptances")
+def test_a_drop_failed_by_the_checks_first_version_keeps_failing(layer: Layer) -> None:
+    """A failing verdict written before baselines were carried names the count it compared with:
+    the next evaluation is held to it, not let through as a first one."""
+    total = value(courses_row_count(layer), "row_count")
+    gone = total // 5
+    with fewer_courses(layer, gone):
+        counts = {"row_count": total - gone, "previous_row_count": total}
+        legacy = quality.Outcome(passed=False, counts=counts, details={"drop": 0.2, "limit": 0.1})
+        with layer.engine.begin() as connection:
+            record_check_result(connection, "courses", "row_count", legacy, "before-baselines")
+        again = courses_row_count(layer)
+    assert not again.passed and value(again, "baseline_row_count") == total
+
+
+@pytest.mark.usefixtures("courses_acceptances")
+def test_a_size_accepted_while_a_pass_was_being_written_is_the_baseline(layer: Layer) -> None:
+    """A pass is dated by when it counted, not by when its verdict was written (after the rules
+    beside it): a steward's acceptance in between is the newer decision."""
+    total = value(courses_row_count(layer), "row_count")
+    counted_at = dt.datetime.fromisoformat(last_verdict_at(layer))
+    verdict = CheckResult.__table__.c
+    with layer.engine.begin() as connection:
+        connection.execute(
+            update(CheckResult)
+            .where(verdict.entity == "courses", verdict.check_name == "row_count")
+            .values(evaluated_at=counted_at + dt.timedelta(seconds=10))  # written after a slow sweep
+        )
+        accepted_at = counted_at + dt.timedelta(seconds=5)
+        connection.execute(
+            insert(RowCountAcceptance).values(
+                entity="courses", row_count=total - 1, accepted_by="steward-t", accepted_at=accepted_at, reason="r"
+            )
+        )
+        baseline = row_count_baseline(connection, "courses")
+    assert baseline == quality.Baseline(total - 1, accepted_at, "steward-t")
+
+
+@pytest.mark.usefixtures("courses_acceptances")
 def test_a_later_passing_evaluation_moves_the_baseline_on_from_an_acceptance(layer: Layer) -> None:
     total = value(courses_row_count(layer), "row_count")
     gone = total // 5
     with fewer_courses(layer, gone):
         assert not courses_row_count(layer).passed
         with layer.engine.begin() as connection:
-            accept_row_count(connection, "courses", "steward-t", "courses retired at the source")
+            accept_row_count(connection, "courses", "steward-t", "courses retired", total - gone)
         assert courses_row_count(layer).passed
         passed_at = last_verdict_at(layer)
     # The rows back: compared with the pass that followed the acceptance, not with the acceptance.

@@ -394,8 +394,11 @@ def test_names_are_nfkc_trimmed_and_dots_unified(raw: str, clean: str) -> None:
 
 def test_normalisers_reject_with_reasons() -> None:
     assert norm.phone("+86 138-0013-8000") == "13800138000"
+    assert norm.phone("0086 138 0013 8000") == norm.phone("００８６１３８００１３８０００") == "13800138000"
     with pytest.raises(ValueError, match="not an 11-digit"):
         norm.phone("0759-2383000")
+    with pytest.raises(ValueError, match="not an 11-digit"):
+        norm.phone("0044 7946 0958 12")  # a number from abroad
     assert norm.date("1985/03/12", "%Y/%m/%d") == dt.date(1985, 3, 12)
     with pytest.raises(ValueError, match="not a date"):
         norm.date("1985/02/30", "%Y/%m/%d")

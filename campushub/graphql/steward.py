@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,29 +24,37 @@ from campushub.graphql.records import PageInfo, encode_cursor, page
 from campushub.models.landing import QuarantinedRecord, SyncRun, SyncState
 from campushub.models.protect import mask_id
 from campushub.models.quality import CHECKED_TABLES, mask_phone
-from campushub.models.service import CheckResult, accept_row_count
+from campushub.models.service import CheckResult, RowCountMoved, accept_row_count
 from campushub.models.sources import FRESHNESS, LABELS
 from campushub.models.unified import Conflict
 
-# A separator a person may write inside a number: a space (plain, no-break or ideographic) or a
-# hyphen or dash (ASCII, typographic or full-width). Never a comma, dot or colon, so amounts,
-# decimals and times are not read as numbers.
-SEPARATOR = r"[ \u00a0\u3000\-\u2010-\u2015\uff0d]"
+# A separator a person may write inside a number, up to three together ("440102 - 19900101"): a
+# space or tab (plain, no-break or ideographic), a hyphen or dash (ASCII, typographic, soft or
+# full-width). Never a comma, dot or colon, so amounts, decimals and times are not read as numbers.
+SEPARATOR = r"[ \t\u00a0\u3000\u00ad\-\u2010-\u2015\uff0d]{0,3}"
+DIGIT = r"[0-9\uff10-\uff19]"  # full-width digits too: a form typed with a Chinese input method
+CHECK = r"[0-9Xx\uff10-\uff19\uff38\uff58]"  # an ID number's last character
 # Runs of digits alone, whatever surrounds them (a letter, an underscore): an ID number — 18
 # characters, or 15 digits before 1999 — and a mainland mobile number. Either may be written in
 # the groups it is read aloud in: an ID number as region, birth date (the year may stand apart)
 # and sequence (6-8-4, 6-4-4-4; 6-6-3 for the old one), a mobile as 3-4-4. A separator counts only
 # between those groups, so a date, a bank card or a list of short numbers stays as it is.
 ID_NUMBER_PATTERN = re.compile(
-    rf"(?<![0-9])(?:[0-9]{{6}}{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{3}}[0-9Xx]"
-    rf"|[0-9]{{6}}{SEPARATOR}?[0-9]{{6}}{SEPARATOR}?[0-9]{{3}})(?![0-9Xx])"
+    rf"(?<!{DIGIT})(?:{DIGIT}{{6}}{SEPARATOR}{DIGIT}{{4}}{SEPARATOR}{DIGIT}{{4}}{SEPARATOR}{DIGIT}{{3}}{CHECK}"
+    rf"|{DIGIT}{{6}}{SEPARATOR}{DIGIT}{{6}}{SEPARATOR}{DIGIT}{{3}})(?!{CHECK})"
 )
 # The country code is part of the match only where it runs straight into the number (8613800138000);
 # written apart (+86 138…, (+86)138…) it is left as written and the number after it matched alone.
 PHONE_PATTERN = re.compile(
-    rf"(?<![0-9])(?P<country>0{{0,2}}86)?(?P<number>1[3-9][0-9]{SEPARATOR}?[0-9]{{4}}{SEPARATOR}?[0-9]{{4}})(?![0-9])"
+    rf"(?<!{DIGIT})(?P<country>0{{0,2}}86)?"
+    rf"(?P<number>[1１][3-9３-９]{DIGIT}{SEPARATOR}{DIGIT}{{4}}{SEPARATOR}{DIGIT}{{4}})(?!{DIGIT})"
 )
 _SEPARATORS = re.compile(SEPARATOR)
+
+
+def _plain_digits(written: str) -> str:
+    """A number as its plain ASCII characters: separators dropped, full-width digits narrowed."""
+    return unicodedata.normalize("NFKC", _SEPARATORS.sub("", written))
 
 
 def require_steward(context: RequestContext) -> None:
@@ -67,9 +76,9 @@ def masked_payload(value: Any) -> Any:
         return value if masked == digits else masked
     if isinstance(value, str):
         # A separated number is shown masked in its plain form: the separators carry nothing.
-        value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(_SEPARATORS.sub("", match.group())), value)
+        value = ID_NUMBER_PATTERN.sub(lambda match: mask_id(_plain_digits(match.group())), value)
         return PHONE_PATTERN.sub(
-            lambda match: (match["country"] or "") + mask_phone(_SEPARATORS.sub("", match["number"])), value
+            lambda match: (match["country"] or "") + mask_phone(_plain_digits(match["number"])), value
         )
     return value
 
@@ -399,18 +408,25 @@ class AcceptRowCount(graphene.Mutation):
 
     class Arguments:
         entity = graphene.String(required=True, description="the unified asset, as its checks name it: students")
+        row_count = graphene.Int(
+            required=True,
+            description="the live rows the failing verdict showed: refused if the table holds another count",
+        )
         reason = graphene.String(required=True)
 
     Output = RowCountAcceptance
 
     @staticmethod
-    def mutate(_: Any, info: GraphQLResolveInfo, entity: str, reason: str) -> RowCountAcceptance:
+    def mutate(_: Any, info: GraphQLResolveInfo, entity: str, row_count: int, reason: str) -> RowCountAcceptance:
         context: RequestContext = info.context
         require_steward(context)
         if entity not in CHECKED_TABLES:
             raise bad_input(f"entity: no row-count check by that name; one of {', '.join(sorted(CHECKED_TABLES))}")
         note = _note(reason, "reason")
-        accepted = accept_row_count(context.connection, entity, context.principal.subject, note)
+        try:
+            accepted = accept_row_count(context.connection, entity, context.principal.subject, note, row_count)
+        except RowCountMoved as moved:
+            raise bad_input(str(moved)) from None
         context.audit.read(None, "check", (f"accept {entity}.row_count {accepted['row_count']}",), "steward")
         return RowCountAcceptance(
             entity=accepted["entity"],

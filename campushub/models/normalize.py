@@ -31,10 +31,11 @@ def person_name(value: str) -> str:
 
 
 def phone(value: str) -> str:
-    """Mainland mobile numbers as 11 digits: '+86 138-0013-8000' -> '13800138000'."""
+    """Mainland mobile numbers as 11 digits: '+86 138-0013-8000' and '0086 138…' -> '13800138000'."""
     digits = re.sub(r"\D", "", unicodedata.normalize("NFKC", value))
-    if len(digits) == 13 and digits.startswith("86"):
-        digits = digits[2:]
+    for country in ("0086", "86"):  # dialled from abroad (00) or written international (+)
+        if len(digits) == 11 + len(country) and digits.startswith(country):
+            digits = digits[len(country) :]
     if len(digits) != 11 or not digits.startswith("1"):
         raise ValueError(f"phone {value!r} is not an 11-digit mainland mobile number")
     return digits

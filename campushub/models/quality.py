@@ -865,20 +865,32 @@ class Baseline:
 
     def details(self) -> dict[str, Any]:
         """What a verdict says of it: for the steward, and for the evaluation after a failing
-        one, which is held to the same baseline (`carried`)."""
+        one, which is held to the same baseline (`after`)."""
         details: dict[str, Any] = {"baseline": self.describe(), "baseline_at": self.at.isoformat()}
         if self.accepted_by:
             details["accepted_by"] = self.accepted_by
         return details
 
     @classmethod
-    def carried(cls, verdict: Mapping[str, Any]) -> Baseline | None:
-        """The baseline a failing verdict (its counts and details, as stored) compared with."""
+    def after(cls, passed: bool, verdict: Mapping[str, Any], evaluated_at: dt.datetime) -> Baseline | None:
+        """The baseline the evaluation after this verdict (its counts and details, as stored) is
+        held to: a passing one's own count, as of when it was counted — a steward's acceptance
+        made while the verdict was still being written is newer, and wins; a failing one's, the
+        baseline it was itself held to, or (a verdict written before baselines were carried) the
+        count it compared with. None only for a verdict that says neither."""
         try:
-            at = dt.datetime.fromisoformat(verdict["baseline_at"])
-            return cls(int(verdict["baseline_row_count"]), at, verdict.get("accepted_by"))
+            if passed:
+                counted_at = verdict.get("counted_at")
+                at = dt.datetime.fromisoformat(counted_at) if counted_at else evaluated_at
+                return cls(int(verdict[ROW_COUNT]), at)
+            if "baseline_at" in verdict:
+                at = dt.datetime.fromisoformat(verdict["baseline_at"])
+                return cls(int(verdict["baseline_row_count"]), at, verdict.get("accepted_by"))
+            if "previous_row_count" in verdict:
+                return cls(int(verdict["previous_row_count"]), evaluated_at)
         except (KeyError, TypeError, ValueError):
-            return None
+            pass
+        return None
 
 
 @_timed
@@ -887,10 +899,11 @@ def row_count_drop(
 ) -> Outcome:
     """No more than `limit` of the baseline's live rows have gone. Without a baseline (a first
     evaluation) there is nothing to compare with: it passes, and becomes the baseline."""
+    counted_at = dt.datetime.now(dt.UTC)  # before counting: a size accepted later is newer than this count
     current = live_rows(connection, table)
     previous = baseline.row_count if baseline is not None else None
     drop = 0.0 if not previous else max(0.0, (previous - current) / previous)
-    details: dict[str, Any] = {"drop": round(drop, 4), "limit": limit}
+    details: dict[str, Any] = {"drop": round(drop, 4), "limit": limit, "counted_at": counted_at.isoformat()}
     counts = {ROW_COUNT: current}
     if baseline is not None:
         counts["baseline_row_count"] = baseline.row_count

@@ -163,7 +163,8 @@ def row_count_baseline(connection: Connection, entity: str) -> Baseline | None:
     Read from the hub's own records rather than Dagster's event log: the log is searched only
     so far back (a long failing streak pushes the last pass out of reach), the main job may run
     on an in-memory instance, and Dagster's storage can be reset apart from the tables the counts
-    describe — while the acceptances this is weighed against live here, stamped by the same clock.
+    describe — while the acceptances this is weighed against live here. (A pass is dated by when
+    it counted, an acceptance by when it was made: the hub's hosts are assumed to keep one time.)
     `check_result` keeps the latest verdict alone, so a failing verdict carries the baseline it
     was held to: however many failures ago the last pass was, the latest verdict still names it.
     """
@@ -172,13 +173,7 @@ def row_count_baseline(connection: Connection, entity: str) -> Baseline | None:
             CheckResult.entity == entity, CheckResult.check_name == ROW_COUNT
         )
     ).first()
-    baseline: Baseline | None = None
-    if verdict is not None:
-        baseline = (
-            Baseline(int(verdict.counts[ROW_COUNT]), verdict.evaluated_at)
-            if verdict.passed
-            else Baseline.carried(verdict.counts)
-        )
+    baseline = Baseline.after(verdict.passed, verdict.counts, verdict.evaluated_at) if verdict is not None else None
     accepted = connection.execute(
         select(RowCountAcceptance.row_count, RowCountAcceptance.accepted_at, RowCountAcceptance.accepted_by)
         .where(RowCountAcceptance.entity == entity)
@@ -190,11 +185,22 @@ def row_count_baseline(connection: Connection, entity: str) -> Baseline | None:
     return baseline
 
 
-def accept_row_count(connection: Connection, entity: str, steward: str, reason: str) -> RowMapping:
-    """Accept the live-row count of `entity`'s table as it stands now: its row-count check
-    compares with it from its next evaluation on, until one passes. `entity` must be one of
-    `CHECKED_TABLES`."""
+class RowCountMoved(ValueError):
+    """The table holds another number of live rows than the steward was shown and accepted."""
+
+    def __init__(self, entity: str, live: int, seen: int) -> None:
+        super().__init__(f"{entity} holds {live} live rows now, not the {seen} accepted: look again before accepting")
+        self.live = live
+
+
+def accept_row_count(connection: Connection, entity: str, steward: str, reason: str, seen: int) -> RowMapping:
+    """Accept the live-row count of `entity`'s table, which the steward `seen` on the failing
+    verdict: its row-count check compares with it from its next evaluation on, until one passes.
+    RowCountMoved if the table holds another count by now — a drop still going on is not what
+    they accepted. `entity` must be one of `CHECKED_TABLES`."""
     row_count = live_rows(connection, CHECKED_TABLES[entity])
+    if row_count != seen:
+        raise RowCountMoved(entity, row_count, seen)
     return (
         connection.execute(
             insert(RowCountAcceptance)

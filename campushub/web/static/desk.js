@@ -214,7 +214,7 @@ async function loadChecks(body, failingOnly) {
       c.passed ? "—" : details("失败样本 Failing keys", prettyJson(c.failingKeys)),
       formatTime(c.evaluatedAt),
       dagsterLink(`${assetPath("unified", c.entity)}?view=checks`, `dagster-check-${c.entity}-${c.name}`, "Dagster ↗"),
-      !c.passed && c.name === "row_count" ? acceptRowCountForm(c.entity) : "—",
+      !c.passed && c.name === "row_count" ? acceptRowCountForm(c.entity, JSON.parse(c.counts).row_count) : "—",
     ],
   }));
   body.replaceChildren(
@@ -233,12 +233,12 @@ function verdictBadge(check) {
 }
 
 /** A table that shrank keeps failing its row-count check until a steward accepts its size as it is now. */
-function acceptRowCountForm(entity) {
+function acceptRowCountForm(entity, rowCount) {
   const words = { note: ["接受原因 ", "Why the drop is real"], button: ["接受当前行数 ", "Accept current size"], done: "已接受，下次检查起生效 · Accepted from the next evaluation" };
   return resolveForm(`rc-${entity}`, `row-count-reason-${entity}`, `accept-row-count-${entity}`, async (reason) => {
     const { acceptRowCount } = await gql(
-      "mutation AcceptRowCount($entity: String!, $reason: String!) { acceptRowCount(entity: $entity, reason: $reason) { entity rowCount } }",
-      { entity, reason },
+      "mutation AcceptRowCount($entity: String!, $rowCount: Int!, $reason: String!) { acceptRowCount(entity: $entity, rowCount: $rowCount, reason: $reason) { entity rowCount } }",
+      { entity, rowCount, reason },
     );
     announce(`已接受 ${entity} 的当前行数 ${acceptRowCount.rowCount} · Row count accepted`);
   }, words);

@@ -3,9 +3,8 @@
 Most checks block what depends on their asset when they fail; a few only warn (a grade naming a
 student who waits in quarantine, a phone left out that only its source can correct) and hold
 nothing back. The latest verdicts kept for the API did not say which was which, so the steward
-desk showed a warning as a failure, and counted it with them. Verdicts already kept were of
-blocking checks but for those two rules' (`source_keys`, `phones`), which the next evaluation
-records as they are.
+desk showed a warning as a failure, and counted it with them. Verdicts already kept are of
+blocking checks but for those two rules' (`source_keys`, `phones`), marked here as warnings.
 
 Revision ID: 0013
 Revises: 0012
@@ -26,6 +25,12 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("check_result", schema=None) as batch_op:
         batch_op.add_column(sa.Column("blocking", sa.Boolean(), server_default=sa.true(), nullable=False))
+    check_result = sa.table("check_result", sa.column("check_name", sa.String), sa.column("blocking", sa.Boolean))
+    op.execute(
+        check_result.update()
+        .where(check_result.c.check_name.in_(["source_keys", "phones"]))
+        .values(blocking=sa.false())
+    )
 
 
 def downgrade() -> None:
