@@ -503,17 +503,23 @@ def test_steward_views_are_for_stewards_only(hub_api: ApiHub, role: str) -> None
         assert [(r["entity"], r["outcome"]) for r in audit_rows(hub_api.engine, request_id)] == [("steward", "denied")]
 
 
-def test_stewards_see_which_failed_checks_only_warn(hub_api: ApiHub) -> None:
+def test_stewards_see_which_failed_checks_only_warn_and_reading_failing_keys_is_audited(hub_api: ApiHub) -> None:
     """A kept verdict says whether its failure blocks or only warns (the checks record it from
-    the rule's declaration): the desk shows a warning apart from the failures that hold data back."""
+    the rule's declaration): the desk shows a warning apart from the failures that hold data back.
+    Its failing keys name people: reading them writes an audit row."""
     verdicts = [("grades", "source_keys", False), ("students", "references", True)]
+    failing = [{"student_no": "202401010001"}]
+    query = "{ steward { checks(failingOnly: true) { entity name blocking %s } } }"
     with hub_api.engine.begin() as connection:
         kept = connection.execute(select(CheckResult.__table__)).mappings().all()
         connection.execute(delete(CheckResult))
         for entity, name, blocking in verdicts:
-            record_check_result(connection, entity, name, Outcome(passed=False, counts={"failing": 1}), "t", blocking)
+            verdict = Outcome(passed=False, counts={"failing": 1}, samples=failing if blocking else [])
+            record_check_result(connection, entity, name, verdict, "t", blocking)
     try:
-        answer = hub_api.as_role("steward").query("{ steward { checks(failingOnly: true) { entity name blocking } } }")
+        steward = hub_api.as_role("steward")
+        answer, request_id = ask(steward, query % "")
+        keys, keys_request_id = ask(steward, query % "failingKeys")
     finally:
         with hub_api.engine.begin() as connection:
             connection.execute(delete(CheckResult))
@@ -522,6 +528,11 @@ def test_stewards_see_which_failed_checks_only_warn(hub_api: ApiHub) -> None:
     assert "errors" not in answer, answer
     shown = [(check["entity"], check["name"], check["blocking"]) for check in answer["data"]["steward"]["checks"]]
     assert shown == verdicts
+    assert [json.loads(check["failingKeys"]) for check in keys["data"]["steward"]["checks"]] == [[], failing]
+    assert audit_rows(hub_api.engine, request_id) == []  # no failing keys asked for, none read
+    assert [(r["entity"], r["fields"], r["purpose"]) for r in audit_rows(hub_api.engine, keys_request_id)] == [
+        ("check", ["students.references failing keys"], "steward")
+    ]
 
 
 ID_NUMBER_IN_PAYLOAD = "440902200308246403"  # a well-formed number, as a source would send it

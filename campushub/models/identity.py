@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Connection, Row, String, Table, Text, bindparam, cast, func, insert, select, text
+from sqlalchemy import JSON, Connection, Row, String, Text, bindparam, cast, func, insert, select, text
 
 from campushub.models.base import utcnow
 from campushub.models.ingest import bulk_append, bulk_update, bulk_upsert, upsert
 from campushub.models.survivorship import Candidate, choose, rules
-from campushub.models.unified import CardAccount, Conflict, FieldProvenance, Person, SourceIdentity, Staff, Student
+from campushub.models.unified import (
+    ROLE_TABLES,
+    Conflict,
+    FieldProvenance,
+    Person,
+    SourceIdentity,
+)
 
 PERSON_FIELDS = tuple(rules()["person"])
 _CHUNK = 900  # stay under SQLite's bound-parameter limit in IN lists
@@ -286,7 +292,7 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
             result.touched_persons.add(person_id)
         if identity.person_id is not None and identity.person_id != person_id:
             result.touched_persons.add(identity.person_id)  # it lost a member: recompute it
-        _, key = _ROLE_KEYS[identity.source]
+        _, key = ROLE_TABLES[identity.source]
         # Stamped as any write to a unified row is, so the next column checks look at it again.
         role_updates[identity.source].append({key: identity.source_key, "person_id": person_id, "loaded_at": now})
     bulk_update(
@@ -296,16 +302,11 @@ def _apply_links(connection: Connection, links: dict[int, int | None], result: R
         [{"id": identity.id, "person_id": links[identity.id], "resolved": True} for identity in identities],
     )
     for source, rows in role_updates.items():
-        table, key = _ROLE_KEYS[source]
+        table, key = ROLE_TABLES[source]
         bulk_update(connection, table, (key,), rows)
 
 
 _HOLDER_KIND = {"academic": "student", "hr": "staff"}  # as a card's `link` names its holder
-_ROLE_KEYS: dict[str, tuple[Table, str]] = {  # each source's role table, and its source key's column
-    "academic": (Student.__table__, "student_no"),
-    "hr": (Staff.__table__, "staff_no"),
-    "card": (CardAccount.__table__, "card_no"),
-}
 
 
 # Persons whose golden fields are worked out and written at a time: a first load touches every

@@ -3,9 +3,8 @@
 Everything a rule depends on is declared here, as data, once: which columns must be present
 and unique, which national code table each coded column draws from, the phone and e-mail
 formats, the references that chain a student to a college, how far payments may exceed a bill,
-how far a table may shrink below its baseline, and which table holds each source's person
-records. Nothing here knows about Dagster: `campushub.orchestration.checks` turns each `Outcome`
-into an asset check result.
+and how far a table may shrink below its baseline. Nothing here knows about Dagster:
+`campushub.orchestration.checks` turns each `Outcome` into an asset check result.
 
 Column rules run in Great Expectations 1.x against the database itself (a SQL datasource
 reading the table where it lives); cross-table rules are plain SQL that SQLite (≥ 3.25, for
@@ -32,7 +31,7 @@ from sqlalchemy import BindParameter, Connection, Date, Engine, Table, TextClaus
 from campushub.models.base import Base, UTCDateTime
 from campushub.models.landing import SyncState
 from campushub.models.protect import decrypt_id
-from campushub.models.unified import Person
+from campushub.models.unified import ROLE_TABLES, Person
 from campushub.reference.codes import code_table
 from campushub.reference.identity import id_number_disagreement
 
@@ -207,13 +206,6 @@ KEY_REFERENCES: tuple[KeyReference, ...] = (
     # wait in quarantine).
     KeyReference("staff", "department_code", "org_unit", "hr_code"),
 )
-# Each source's person records: the table that holds them and its key, which is the source key of
-# the record's `source_identity` row. An identity is live while that row is not marked deleted.
-IDENTITY_ROWS: dict[str, tuple[str, str]] = {
-    "academic": ("student", "student_no"),
-    "hr": ("staff", "staff_no"),
-    "card": ("card_account", "card_no"),
-}
 
 
 # ------------------------------------------------------------------------------ outcomes
@@ -816,7 +808,8 @@ def unusable_phones(connection: Connection) -> Outcome:
     counts: Counter[str] = Counter()
     samples: list[dict[str, Any]] = []
     identities = 0
-    for source, (table, key) in IDENTITY_ROWS.items():
+    for source, (role_table, key) in ROLE_TABLES.items():
+        table = role_table.name
         joined = f"""FROM source_identity i JOIN {table} r ON r.{key} = i.source_key AND {_live("r", table)}
                      WHERE i.source = :source"""
         live, unusable = connection.execute(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, LargeBinary, String, UniqueConstraint
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, LargeBinary, String, Table, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from campushub.models.base import Base, BigId, utcnow
@@ -283,3 +283,12 @@ class Conflict(Base):
     resolved_at: Mapped[dt.datetime | None]
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     resolution: Mapped[str | None] = mapped_column(String(256))
+
+
+# Each source's person records: the role table that holds them, and the column of its key — the
+# `source_key` of the record's `source_identity`.
+ROLE_TABLES: dict[str, tuple[Table, str]] = {
+    "academic": (Student.__table__, "student_no"),
+    "hr": (Staff.__table__, "staff_no"),
+    "card": (CardAccount.__table__, "card_no"),
+}
