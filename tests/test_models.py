@@ -395,6 +395,7 @@ def test_names_are_nfkc_trimmed_and_dots_unified(raw: str, clean: str) -> None:
 def test_normalisers_reject_with_reasons() -> None:
     assert norm.phone("+86 138-0013-8000") == "13800138000"
     assert norm.phone("0086 138 0013 8000") == norm.phone("００８６１３８００１３８０００") == "13800138000"
+    assert norm.phone("+86 (0)138 0013 8000") == norm.phone("0086-0-13800138000") == "13800138000"
     with pytest.raises(ValueError, match="not an 11-digit"):
         norm.phone("0759-2383000")
     with pytest.raises(ValueError, match="not an 11-digit"):

@@ -31,9 +31,10 @@ def person_name(value: str) -> str:
 
 
 def phone(value: str) -> str:
-    """Mainland mobile numbers as 11 digits: '+86 138-0013-8000' and '0086 138…' -> '13800138000'."""
+    """Mainland mobile numbers as 11 digits: '+86 138-0013-8000', '0086 138…' -> '13800138000'."""
     digits = re.sub(r"\D", "", unicodedata.normalize("NFKC", value))
-    for country in ("0086", "86"):  # dialled from abroad (00) or written international (+)
+    # Dialled from abroad (00) or written international (+), the trunk 0 kept or not: +86 (0)138….
+    for country in ("00860", "0086", "860", "86"):
         if len(digits) == 11 + len(country) and digits.startswith(country):
             digits = digits[len(country) :]
     if len(digits) != 11 or not digits.startswith("1"):
