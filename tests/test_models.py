@@ -32,6 +32,7 @@ from campushub.models.ingest import (
     land_batches,
     prefetched,
 )
+from campushub.models.landing import RawRecord
 from campushub.models.migrate import upgrade
 from campushub.models.protect import decrypt_id, encrypt_id, id_hash, mask_id
 from campushub.models.survivorship import Candidate, choose, rules
@@ -811,6 +812,56 @@ def test_a_phone_that_is_not_a_mainland_mobile_is_left_out_not_the_record_refuse
     assert landline.row["student_no"] == "202401010001"
     as_number = student({**payload, "SJHM": 13800138000})  # a number where text was expected
     assert as_number.identity is not None and as_number.identity["phone"] == "13800138000"
+
+
+@DATABASES
+def test_phones_left_out_before_they_were_kept_are_read_back_from_raw_landing(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """Identities loaded before migration 0012 kept no phone that was not a mainland mobile, and
+    an unchanged record is never unified again: 0014 reads it back from each one's newest
+    landed record, so the persons' phones warning names them too."""
+    sent = {  # (source, stream, key) -> the phones its versions carried, oldest first
+        ("academic", "students", "S1"): [{"SJHM": "0759-1111111"}, {"SJHM": "0759-2383000"}],
+        ("academic", "students", "S2"): [{"SJHM": "138 0013 8000"}],
+        ("academic", "students", "S3"): [{}],
+        ("hr", "staff", "T1"): [{"mobile": "+44 20 7946 0958"}],
+        ("hr", "staff", "T2"): [{"mobile": 8613800138000}],  # a mobile sent as a number
+        ("card", "card_accounts", "C1"): [{"mobile": "0759-2383000 ext. 1234 (office, weekdays only)"}],
+    }
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine, "0013")
+        with engine.begin() as connection:
+            for (source, stream, key), versions in sent.items():
+                for n, payload in enumerate(versions):
+                    connection.execute(
+                        insert(RawRecord).values(
+                            source=source,
+                            stream=stream,
+                            source_key=key,
+                            run_id="r",
+                            fetched_at=utcnow(),
+                            content_hash=f"{key}-{n}",
+                            payload={"key": key, **payload},
+                        )
+                    )
+                usable = norm.phone("13800138000") if key in ("S2", "T2") else None
+                connection.execute(
+                    insert(SourceIdentity).values(
+                        source=source, source_key=key, role="student", name="测试", phone=usable, row_hash="h"
+                    )
+                )
+        upgrade(engine)
+        with engine.connect() as connection:
+            kept = dict(connection.execute(select(SourceIdentity.source_key, SourceIdentity.phone_unusable)).all())
+    assert kept == {
+        "S1": "0759-2383000",  # the newest version's
+        "S2": None,
+        "S3": None,
+        "T1": "+44 20 7946 0958",
+        "T2": None,
+        "C1": "0759-2383000 ext. 1234 (office, ",  # cut to the column's width, as unify cuts it
+    }
 
 
 @DATABASES
