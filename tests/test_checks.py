@@ -172,12 +172,12 @@ def test_every_unified_asset_has_checks_that_block_but_for_the_warnings() -> Non
     checked = {spec.asset_key for check in ASSET_CHECKS for spec in check.check_specs}
     assert checked == {key for asset in ALL_UNIFIED for key in asset.keys}
     specs = [spec for check in ASSET_CHECKS for spec in check.check_specs]
-    # Every check blocks but the warnings about other systems' keys (`source_keys`) and about the
-    # phones sources sent that were left out (`phones`).
-    assert {spec.name for spec in specs if not spec.blocking} == {"source_keys", "phones"}
+    # Every check blocks but the warnings about other systems' keys (`source_keys`), about the
+    # phones sources sent that were left out (`phones`) and about payments not pulled yet.
+    assert {spec.name for spec in specs if not spec.blocking} == {"source_keys", "phones", "payments_held"}
     names = {(spec.asset_key.path[-1], spec.name) for spec in specs}
     assert {("students", "references"), ("payments", "within_bills"), ("persons", "id_numbers")} <= names
-    assert ("persons", "phones") in names
+    assert {("persons", "phones"), ("payments", "payments_held")} <= names
     assert {("card_transactions", "balances_reconcile"), ("card_transactions", "balances_chain")} <= names
     assert all((entity, "columns") in names and (entity, "row_count") in names for entity in CHECKS)
     # What a steward may accept the size of (`acceptRowCount`) is what the checks guard.
@@ -211,6 +211,7 @@ def test_clean_layer_passes_every_check(layer: Layer) -> None:
     assert value(found["students.row_count"], "row_count") == students
     assert value(found["persons.id_numbers"], "persons_with_id_number") > SMALL
     assert value(found["payments.within_bills"], "bills") > 0
+    assert value(found["payments.payments_held"], "bills") == value(found["payments.within_bills"], "bills")
     assert value(found["card_transactions.balances_reconcile"], "cards_with_transactions") > SMALL
     assert value(found["card_transactions.balances_chain"], "transactions") > 10 * SMALL
     assert value(found["students.columns"], "great_expectations").startswith("1.")
@@ -794,6 +795,51 @@ def test_payments_beyond_the_tolerance_fail(layer: Layer) -> None:
     assert not over.passed and over.counts["failing"] == 1
     paid_fen = amount + quality.TOLERANCE_FEN + 1
     assert over.samples == [{"bill_no": bill, "amount_fen": amount, "paid_fen": paid_fen, "payments": count}]
+
+
+def test_bills_the_held_payments_fall_short_of_are_warned_of_with_the_amount_missing(layer: Layer) -> None:
+    engine = layer.engine
+    with engine.connect() as connection:
+        assert quality.unaccounted_bill_payments(connection).passed  # the stand-ins' payments add up
+        instalments = connection.execute(
+            text(
+                """SELECT b.bill_no, b.paid_fen, MIN(p.payment_no), COUNT(*) FROM fee_bill b
+                   JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.paid_fen
+                   HAVING COUNT(*) = 2 ORDER BY b.bill_no LIMIT 1"""
+            )
+        ).one()
+        single = connection.execute(
+            text(
+                """SELECT b.bill_no, b.paid_fen, MIN(p.payment_no) FROM fee_bill b
+                   JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.paid_fen
+                   HAVING COUNT(*) = 1 ORDER BY b.bill_no LIMIT 1"""
+            )
+        ).one()
+        first_share = scalar(engine, f"SELECT amount_fen FROM payment WHERE payment_no = '{instalments[2]}'")
+    # One instalment of a bill not pulled yet, and the only payment of another gone from the hub.
+    gone = [instalments[2], single[2]]
+    marked = ", ".join(f"'{payment_no}'" for payment_no in gone)
+    with broken(
+        engine,
+        f"UPDATE payment SET deleted_at = CURRENT_TIMESTAMP WHERE payment_no IN ({marked})",
+        restore=[f"UPDATE payment SET deleted_at = NULL WHERE payment_no IN ({marked})"],
+    ) as connection:
+        outcome = quality.unaccounted_bill_payments(connection)
+    assert not outcome.passed
+    assert outcome.counts["failing"] == 2 and outcome.counts["missing_fen"] == first_share + single[1]
+    expected = [
+        {"bill_no": single[0], "paid_fen": single[1], "held_fen": 0, "payments": 0, "missing_fen": single[1]},
+        {
+            "bill_no": instalments[0],
+            "paid_fen": instalments[1],
+            "held_fen": instalments[1] - first_share,
+            "payments": 1,
+            "missing_fen": first_share,
+        },
+    ]
+    assert outcome.samples == sorted(expected, key=lambda bill: (-bill["missing_fen"], bill["bill_no"]))
+    with engine.connect() as connection:
+        assert quality.unaccounted_bill_payments(connection).passed
 
 
 def test_phones_left_out_are_warned_of_masked_by_source_and_hold_nothing_back(layer: Layer) -> None:

@@ -6,6 +6,7 @@ not GBK, a trailer that disagrees with the rows) are served by an in-process tra
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import tracemalloc
@@ -23,7 +24,7 @@ from campushub.connectors.base import (
     RetryPolicy,
     SourceError,
 )
-from campushub.connectors.finance import FinanceSource
+from campushub.connectors.finance import POSTING_LAG, FinanceSource
 from campushub.simulators import catalog
 from campushub.simulators.finance import CORRUPTIBLE, bill_row, keyset_page, payment_json
 from campushub.simulators.malformed import malformed_kind, repeats_previous_page
@@ -34,14 +35,22 @@ from tests.conftest import FAST_RETRY, apply_changes, http_settings, set_faults
 USER, PASSWORD = "campushub", "dev-finance-secret"
 
 
-def connector(cluster: SimulatorCluster, page_size: int = 97, **overrides: object) -> FinanceSource:
-    return FinanceSource(http_settings(cluster, "finance", **overrides), USER, PASSWORD, page_size=page_size)
+def connector(
+    cluster: SimulatorCluster, page_size: int = 97, posting_lag: dt.timedelta = POSTING_LAG, **overrides: object
+) -> FinanceSource:
+    settings = http_settings(cluster, "finance", **overrides)
+    return FinanceSource(settings, USER, PASSWORD, page_size=page_size, posting_lag=posting_lag)
 
 
 def pull(
-    cluster: SimulatorCluster, stream: str, cursor: str | None = None, page_size: int = 97, **overrides: object
+    cluster: SimulatorCluster,
+    stream: str,
+    cursor: str | None = None,
+    page_size: int = 97,
+    posting_lag: dt.timedelta = POSTING_LAG,
+    **overrides: object,
 ) -> list[Batch]:
-    with connector(cluster, page_size, **overrides) as source:
+    with connector(cluster, page_size, posting_lag, **overrides) as source:
         return list(source.read(stream, cursor))
 
 
@@ -130,17 +139,60 @@ def test_payments_every_payment_exactly_once(simulators: SimulatorCluster, page_
     assert batches[-1].cursor is not None and all(b.cursor is None for b in batches[:-1])
 
 
-def test_incremental_payments_are_exactly_the_new_ones(simulators: SimulatorCluster) -> None:
+def paid_after(cluster: SimulatorCluster, cursor: str, posting_lag: dt.timedelta = POSTING_LAG) -> list[str]:
+    """Ground truth for an incremental pull: every payment paid within the posting lag before
+    the cursor or after it, in payment-number order."""
+    since = dt.datetime.fromisoformat(cursor) - posting_lag
+    return [p.payment_no for p in world_payments(cluster) if p.paid_at > since]
+
+
+def test_incremental_payments_are_the_new_ones_and_those_the_posting_lag_reaches(
+    simulators: SimulatorCluster,
+) -> None:
     cursor = pull(simulators, "payments", page_size=1000)[-1].cursor
     changes = apply_changes(simulators, 30, seed=31, kinds=["bill_paid"])
     expected = sorted(c["key"] for c in changes if c["stream"] == "payments")
     assert len(expected) == 30
-    batches = pull(simulators, "payments", cursor, page_size=7)  # several pages of changes, too
-    assert keys(batches) == expected
+    trusting = pull(simulators, "payments", cursor, page_size=7, posting_lag=dt.timedelta(0))  # several pages
+    assert keys(trusting) == expected
     paid = {p.payment_no: p for p in world_payments(simulators) if p.payment_no in expected}
-    assert [r.data for r in records(batches)] == [payment_json(paid[key]) for key in expected]
+    assert [r.data for r in records(trusting)] == [payment_json(paid[key]) for key in expected]
+
+    # Reaching back: the payments of the last three days again (landing finds them unchanged).
+    batches = pull(simulators, "payments", cursor, page_size=7)
+    assert set(expected) <= set(keys(batches)) and keys(batches) == paid_after(simulators, cursor)
     again = pull(simulators, "payments", batches[-1].cursor)
-    assert keys(again) == [] and again[-1].cursor >= batches[-1].cursor
+    assert again[-1].cursor >= batches[-1].cursor
+    assert keys(again) == paid_after(simulators, batches[-1].cursor) and set(expected) <= set(keys(again))
+    assert keys(pull(simulators, "payments", batches[-1].cursor, posting_lag=dt.timedelta(0))) == []
+
+
+def test_a_transfer_recorded_days_after_it_was_paid_is_still_pulled(simulators: SimulatorCluster) -> None:
+    cursor = pull(simulators, "payments", page_size=1000)[-1].cursor
+    changes = apply_changes(simulators, 4, seed=37, kinds=["late_payment"])
+    late = sorted(c["key"] for c in changes if c["stream"] == "payments")
+    assert len(late) == 4
+    paid_at = {p.payment_no: p.paid_at for p in world_payments(simulators) if p.payment_no in late}
+    # Paid before the cursor was taken, recorded after: a pull that trusts the cursor misses them.
+    assert all(at < dt.datetime.fromisoformat(cursor) for at in paid_at.values())
+    assert not set(late) & set(keys(pull(simulators, "payments", cursor, posting_lag=dt.timedelta(0))))
+    batches = pull(simulators, "payments", cursor)
+    assert set(late) <= set(keys(batches)) and keys(batches) == paid_after(simulators, cursor)
+    assert [r.data for r in records(batches) if r.key in late] == [
+        payment_json(p) for p in world_payments(simulators) if p.payment_no in late
+    ]
+
+
+@pytest.mark.parametrize("cursor", ["not a time", "2026-13-01T00:00:00+08:00"])
+def test_a_stored_payments_cursor_that_is_not_a_time_is_named(simulators: SimulatorCluster, cursor: str) -> None:
+    with pytest.raises(SourceError) as raised:
+        pull(simulators, "payments", cursor)
+    assert "finance" in str(raised.value) and f"stored payments cursor {cursor!r} is not a time" in str(raised.value)
+
+
+def test_a_negative_posting_lag_is_refused(simulators: SimulatorCluster) -> None:
+    with pytest.raises(ValueError, match="posting_lag cannot be negative"):
+        connector(simulators, posting_lag=-dt.timedelta(hours=1))
 
 
 # ---------------------------------------------------------------------------- failures

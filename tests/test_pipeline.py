@@ -527,6 +527,26 @@ def test_incremental_run_picks_up_exactly_the_changes(hub: Hub) -> None:
     assert out_of_sync(hub) == {}
 
 
+def test_a_transfer_recorded_days_after_it_was_paid_lands_once(hub: Hub) -> None:
+    mark = raw_mark(hub.engine)
+    changes = apply_changes(hub.cluster, 3, seed=41, kinds=["late_payment"])
+    expected = expected_keys(changes)
+    late = expected[("finance", "payments")]
+    assert len(late) == 3
+
+    result = hub.sync()
+    assert result.success
+    landed = landed_since(hub.engine, mark)
+    assert sorted(landed.pop(("finance", "payments"))) == sorted(late)
+    assert sorted(landed.pop(("finance", "fee_bills"))) == sorted(expected[("finance", "fee_bills")])
+    assert landed == {}, "the payments read again within the posting lag land nothing"
+    rows = unified_rows(hub.engine, "finance", "payments")
+    assert late <= set(rows) and out_of_sync(hub) == {}
+
+    settled = raw_mark(hub.engine)
+    assert hub.sync().success and raw_mark(hub.engine) == settled, "a second read of them lands nothing"
+
+
 # ---------------------------------------------------------------------------- 3. deletions
 def reconcile_config(keys: list[str]) -> dict[str, Any]:
     """The nightly reconcile's run config, cut down to the raw assets among `keys`."""

@@ -5,12 +5,17 @@ conditional GET (the stored cursor is its ETag) and decoded and parsed as it arr
 at a time, while the source is still writing the rest: memory stays flat whatever the file's
 size. Its trailer line vouches for the whole file before the last batch hands over the ETag; a
 file cut short in transit is retried from where it broke, never taken as complete.
+
+Payments can only be asked for by when they were paid, and a bank transfer is recorded days
+after it was paid. An incremental pull therefore reaches back `posting_lag` before its cursor:
+the payments it reads again are unchanged and land nothing, and the late ones are not lost.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
@@ -45,6 +50,8 @@ ISO_SECONDS = "%Y-%m-%dT%H:%M:%S%z"
 SLASHED = "%Y/%m/%d"
 LONGEST_RECORD = 1024 * 1024  # bytes without a record's end: an unbalanced quote, not a bill
 OVERFLOW = "_overflow"  # where values beyond the header's columns are kept, so nothing is dropped
+# The finance office records a bank transfer once it settles: up to three days after the payment.
+POSTING_LAG = dt.timedelta(days=3)
 
 
 STREAMS = {
@@ -252,14 +259,18 @@ class FinanceSource(HttpSource):
         *,
         page_size: int = 1000,
         batch_size: int = 1000,
+        posting_lag: dt.timedelta = POSTING_LAG,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if batch_size < 1 or page_size < 1:
             raise ValueError("page_size and batch_size must be positive")
+        if posting_lag < dt.timedelta(0):
+            raise ValueError("posting_lag cannot be negative")
         super().__init__(settings, transport=transport)
         self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.page_size = page_size
         self.batch_size = batch_size
+        self.posting_lag = posting_lag
 
     @classmethod
     def from_env(cls, **options: Any) -> FinanceSource:
@@ -396,13 +407,21 @@ class FinanceSource(HttpSource):
             raise ValueError("has_more without the last payment number to resume after")
         return body
 
+    def _paid_since(self, cursor: str) -> str:
+        """The cursor moved back by the posting lag, so payments recorded late are read too."""
+        try:
+            since = dt.datetime.fromisoformat(cursor)
+        except ValueError:
+            raise SourceError(self.name, f"stored payments cursor {cursor!r} is not a time") from None
+        return (since - self.posting_lag).isoformat(timespec="microseconds")
+
     def _payments(self, cursor: str | None) -> Iterator[Batch]:
         """Pages in payment-number order; the next cursor is the first page's server time,
         handed over with the last page: a payment made while we page is picked up next sync."""
         window = PageWindow(STREAMS["payments"])
         params: dict[str, Any] = {"limit": self.page_size}
         if cursor:
-            params["paid_since"] = cursor
+            params["paid_since"] = self._paid_since(cursor)
 
         def following(request: PageRequest, body: dict[str, Any]) -> PageRequest | None:
             if not body["has_more"]:

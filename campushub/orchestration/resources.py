@@ -6,6 +6,7 @@ run configuration, logs or the UI.
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import cache
 
 from dagster import ConfigurableResource, InitResourceContext
@@ -15,7 +16,7 @@ from sqlalchemy import Engine
 from campushub.connectors.academic import AcademicSource
 from campushub.connectors.base import HttpSettings, HttpSource
 from campushub.connectors.card import CardSource
-from campushub.connectors.finance import FinanceSource
+from campushub.connectors.finance import POSTING_LAG, FinanceSource
 from campushub.connectors.hr import HRSource
 from campushub.models.engine import make_engine
 from campushub.models.migrate import upgrade
@@ -51,9 +52,12 @@ class HRAPI(SourceResource):
 class FinanceAPI(SourceResource):
     user: str
     password: str
+    # How far back an incremental payments pull reaches for transfers recorded after the fact.
+    posting_lag_hours: float = POSTING_LAG / dt.timedelta(hours=1)
 
     def open(self) -> FinanceSource:
-        return FinanceSource(self.http_settings(), self.user, self.password)
+        lag = dt.timedelta(hours=self.posting_lag_hours)
+        return FinanceSource(self.http_settings(), self.user, self.password, posting_lag=lag)
 
 
 class CardAPI(SourceResource):

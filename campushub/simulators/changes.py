@@ -4,9 +4,11 @@ Every applied change is logged with the stream and record key it touched and a s
 increasing timestamp, so a test can ask "what changed in stream X after time T" and compare an
 incremental pull with the truth.
 
-Deletions are changes too, but never random ones: a source's records vanish only when a test
-asks for it by kind (`DELETION_KINDS`), because an incremental pull cannot see a deletion and
-the random mix must stay comparable with incremental pulls.
+Some changes are never random ones: they happen only when a test asks for them by kind
+(`ON_REQUEST_KINDS`), because an incremental pull cannot see them as it sees the rest and the
+random mix must stay comparable with incremental pulls. A deleted record is not in any page; a
+late-posted payment (a bank transfer the finance office records days after it was made) carries
+a payment time from before the previous sync's cursor.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ CHANGE_KINDS: dict[str, int] = {
     "card_lost": 5,
 }
 # Asked for explicitly only (see the module docstring); weights for when several are asked for.
-DELETION_KINDS: dict[str, int] = {
+ON_REQUEST_KINDS: dict[str, int] = {
     "student_deleted": 2,  # an erroneous student record removed from academic affairs, grades and all
     "student_restored": 1,  # a deleted student put back (the deletion was the error)
+    "late_payment": 1,  # a bill paid by bank transfer, recorded now with the day it was paid
 }
+# How long before it is recorded a late-posted payment was made: bank transfers settle in days.
+LATE_POSTING = (dt.timedelta(hours=2), dt.timedelta(hours=60))
 _PROMOTIONS = {"014": "013", "013": "012", "012": "011", "083": "082", "082": "081", "093": "092", "092": "091"}
 _STATUS_MOVES = {"01": ("02", "03"), "02": ("05",), "05": ("02",), "13": ("01",), "03": ("03",)}
 
@@ -166,6 +171,7 @@ class ChangeOverlay:
             "staff_title": self._staff_title,
             "card_transactions": self._card_transactions,
             "bill_paid": self._bill_paid,
+            "late_payment": self._late_payment,
             "card_lost": self._card_lost,
             "student_deleted": self._student_deleted,
             "student_restored": self._student_restored,
@@ -174,7 +180,7 @@ class ChangeOverlay:
         unknown = set(choices) - set(handlers)
         if unknown:
             raise ValueError(f"unknown change kinds: {sorted(unknown)}")
-        weights = [{**CHANGE_KINDS, **DELETION_KINDS}[k] for k in choices]
+        weights = [{**CHANGE_KINDS, **ON_REQUEST_KINDS}[k] for k in choices]
         with self.lock:
             first = len(self.log)
             for _ in range(count):
@@ -295,7 +301,12 @@ class ChangeOverlay:
         self.account_patches.setdefault(account, {}).update(status="挂失", updated_at=at)
         self._record(at, "card_lost", "card", "card_accounts", self.world.card_no(account), account)
 
-    def _bill_paid(self, rng: random.Random, at: dt.datetime) -> None:
+    def _late_payment(self, rng: random.Random, at: dt.datetime) -> None:
+        lag = rng.uniform(LATE_POSTING[0].total_seconds(), LATE_POSTING[1].total_seconds())
+        self._bill_paid(rng, at, paid_at=at - dt.timedelta(seconds=round(lag)))
+
+    def _bill_paid(self, rng: random.Random, at: dt.datetime, paid_at: dt.datetime | None = None) -> None:
+        """An unpaid bill paid in full; recorded `at`, paid then too unless `paid_at` says earlier."""
         from campushub.simulators.world import Payment
 
         for _ in range(50):  # most students have paid; look for one who has not
@@ -313,11 +324,12 @@ class ChangeOverlay:
             bill.bill_no,
             bill.student_no,
             bill.amount_fen - bill.paid_fen,
-            rng.choice(("微信", "支付宝", "银行卡")),
-            at,
+            "银行卡" if paid_at else rng.choice(("微信", "支付宝", "银行卡")),
+            paid_at or at,
         )
         self.extra_payments.setdefault(bill.bill_no, []).append(payment)
         self.bill_patches.setdefault(bill.bill_no, {}).update(paid_fen=bill.amount_fen, updated_at=at)
         self.fee_bills_version += 1
-        self._record(at, "bill_paid", "finance", "payments", payment.payment_no)
-        self._record(at, "bill_paid", "finance", "fee_bills", bill.bill_no)
+        kind = "late_payment" if paid_at else "bill_paid"
+        self._record(at, kind, "finance", "payments", payment.payment_no)
+        self._record(at, kind, "finance", "fee_bills", bill.bill_no)
