@@ -40,11 +40,12 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from sqlalchemy import Engine, func, select
 
 from campushub.connectors.academic import AcademicSource
-from campushub.connectors.base import HttpSettings
+from campushub.connectors.base import Batch, HttpSettings
 from campushub.models.base import Base
+from campushub.models.ingest import land_stream
 from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
 from campushub.models.unified import CardTransaction
-from campushub.models.unify import MAPPINGS
+from campushub.models.unify import MAPPINGS, mark_deleted, unify
 from campushub.orchestration.assets.raw import RAW_ASSETS, STREAMS
 from campushub.orchestration.assets.unified import ALL_UNIFIED, CARD_DAYS
 from campushub.orchestration.automation import (
@@ -660,6 +661,44 @@ def test_nightly_reconcile_marks_deletions_and_restores(hub: Hub) -> None:
     marked = deleted_keys(hub.engine)
     assert marked["student"] - already.get("student", set()) == gone_students - {restored}
     assert marked["grade"] - already.get("grade", set()) == gone_grades - restored_grades
+
+
+def test_a_record_a_sync_lands_beside_a_reconcile_is_not_marked_deleted(hub: Hub) -> None:
+    """A student enrolled after the nightly pull passed their place, landed and unified by a sync
+    that ran while the pull was still landing: not in the pull, and not gone from the source."""
+    settings, api_key = http_settings(hub.cluster, "academic"), hub.cluster.settings.academic_api_key
+    students = MAPPINGS[("academic", "students")]
+    already = deleted_keys(hub.engine).get("student", set())
+    enrolled: list[str] = []
+
+    class PullThenSyncBeside:
+        name = "academic"
+
+        def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:
+            with AcademicSource(settings, api_key, page_size=1000) as source:
+                pulled = list(source.read(stream, cursor))
+            changes = apply_changes(hub.cluster, 1, seed=12, kinds=["new_student"])
+            enrolled.extend(c["key"] for c in changes if c["stream"] == "students")
+            with AcademicSource(settings, api_key) as source:
+                land_stream(hub.engine, source, "students", "sync-beside")
+            with hub.engine.begin() as connection:
+                unify(connection, students, "sync-beside")
+            yield from pulled
+
+    result = land_stream(
+        hub.engine,
+        PullThenSyncBeside(),
+        "students",
+        "reconcile-beside",
+        reconcile=lambda connection, keys: mark_deleted(connection, students, keys),
+    )
+    (student,) = enrolled
+    assert student in unified_rows(hub.engine, "academic", "students")
+    assert result.deleted == 0 and deleted_keys(hub.engine).get("student", set()) == already
+    # The next full pull finds the student, and still nothing is gone.
+    assert hub.materialize(["raw/academic/students"], run_config=reconcile_config(["raw/academic/students"])).success
+    assert deleted_keys(hub.engine).get("student", set()) == already
+    assert unified_rows(hub.engine, "academic", "students")[student][-1] is None  # its deleted_at
 
 
 # ---------------------------------------------------------------------------- 4. faults

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Date, Engine, Table, select, text, update
+from sqlalchemy import Connection, Date, Engine, Table, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from campushub.models.base import UTCDateTime, utcnow
 from campushub.models.engine import refresh_grown_statistics
-from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState
+from campushub.models.landing import QuarantinedRecord, RawRecord, SyncRun, SyncState, landed_records
 
 
 class RecordLike(Protocol):
@@ -573,7 +573,9 @@ def land_stream(
 
     With `reconcile`, pull everything instead, and hand the keys that came back to
     `reconcile(connection, keys)` — in the same transaction — which marks what is gone and
-    returns how many records that was.
+    returns how many records that was. Keys that a sync beside the pull landed while it ran
+    count as come back too: their records were at the source after the pull began, and may
+    have been made after it had passed their place.
     """
     started = time.perf_counter()
     source = reader.name
@@ -581,6 +583,9 @@ def land_stream(
         state = connection.execute(
             select(SyncState.cursor).where(SyncState.source == source, SyncState.stream == stream)
         ).scalar_one_or_none()
+        # Raw ids rise with each insert: a record landed at or below this one was fetched from
+        # its source before the pull began, so the pull must have found it unless it is gone.
+        landed_before = connection.execute(select(func.coalesce(func.max(RawRecord.id), 0))).scalar_one()
     mode = "reconcile" if reconcile else "incremental"
     result = LandingResult(source, stream, run_id, mode, None if reconcile else state)
     seen: set[str] | None = set() if reconcile else None
@@ -599,7 +604,7 @@ def land_stream(
             )
             # A keyless broken record could be any record: then nothing can be called deleted.
             if reconcile is not None and seen is not None and not result.keyless:
-                result.deleted = reconcile(connection, seen)
+                result.deleted = reconcile(connection, seen | _landed_after(connection, source, stream, landed_before))
             refresh_grown_statistics(connection)
             _save_cursor(connection, source, stream, result.cursor_after or state, run_id)
             result.seconds = time.perf_counter() - started
@@ -610,6 +615,12 @@ def land_stream(
             _log_run(connection, result, started_at, "failed", f"{type(exc).__name__}: {exc}"[:2000])
         raise
     return result
+
+
+def _landed_after(connection: Connection, source: str, stream: str, raw_id: int) -> set[str]:
+    """The keys of `stream` landed after raw record `raw_id`, by this run or by any other."""
+    landed = landed_records(source, stream, "source_key", after=raw_id)
+    return {key for key in connection.execute(landed).scalars() if key is not None}
 
 
 def _save_cursor(connection: Connection, source: str, stream: str, cursor: str | None, run_id: str) -> None:
