@@ -669,7 +669,7 @@ def test_a_record_a_sync_lands_beside_a_reconcile_is_not_marked_deleted(hub: Hub
     settings, api_key = http_settings(hub.cluster, "academic"), hub.cluster.settings.academic_api_key
     students = MAPPINGS[("academic", "students")]
     already = deleted_keys(hub.engine).get("student", set())
-    enrolled: list[str] = []
+    enrolled: list[dict[str, Any]] = []
 
     class PullThenSyncBeside:
         name = "academic"
@@ -677,8 +677,7 @@ def test_a_record_a_sync_lands_beside_a_reconcile_is_not_marked_deleted(hub: Hub
         def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:
             with AcademicSource(settings, api_key, page_size=1000) as source:
                 pulled = list(source.read(stream, cursor))
-            changes = apply_changes(hub.cluster, 1, seed=12, kinds=["new_student"])
-            enrolled.extend(c["key"] for c in changes if c["stream"] == "students")
+            enrolled.extend(apply_changes(hub.cluster, 1, seed=12, kinds=["new_student"]))
             with AcademicSource(settings, api_key) as source:
                 land_stream(hub.engine, source, "students", "sync-beside")
             with hub.engine.begin() as connection:
@@ -692,13 +691,16 @@ def test_a_record_a_sync_lands_beside_a_reconcile_is_not_marked_deleted(hub: Hub
         "reconcile-beside",
         reconcile=lambda connection, keys: mark_deleted(connection, students, keys),
     )
-    (student,) = enrolled
+    (student,) = [change["key"] for change in enrolled if change["stream"] == "students"]
     assert student in unified_rows(hub.engine, "academic", "students")
     assert result.deleted == 0 and deleted_keys(hub.engine).get("student", set()) == already
     # The next full pull finds the student, and still nothing is gone.
     assert hub.materialize(["raw/academic/students"], run_config=reconcile_config(["raw/academic/students"])).success
     assert deleted_keys(hub.engine).get("student", set()) == already
     assert unified_rows(hub.engine, "academic", "students")[student][-1] is None  # its deleted_at
+    # The rest of what the new student brought (bills, a card) comes with the next sync.
+    wait_until_served(enrolled)
+    assert hub.sync().success and out_of_sync(hub) == {}
 
 
 # ---------------------------------------------------------------------------- 4. faults
