@@ -82,7 +82,7 @@ from campushub.models.record_checks import record_problems
 from campushub.models.service import AuditEntry
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import ClassGroup, Conflict, FieldProvenance, Major, OrgUnit, Person, Student
-from campushub.reference.identity import id_number_disagreement
+from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
 
 PROJECT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("CAMPUSHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -216,7 +216,8 @@ def baseline_command(port: int, workers: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- baseline
-CERTIFICATE_PERSON_FIELDS = ("name", "sex", "birth_date", "id_number")
+CERTIFICATE_PERSON_FIELDS = ("name", "sex", "birth_date", "id_type", "id_number")
+PROVENANCE_OF = {"id_type": "id_number"}  # the document type comes with its number
 CERTIFICATE_STUDENT_FIELDS = {  # form field -> column
     "student_no": "student_no",
     "college": "college",
@@ -323,12 +324,15 @@ class BaselineApp:
                     number = decrypt_id(person["id_number_cipher"]) if person["id_number_cipher"] else None
                     value = number
                     flagged = flagged or bool(
-                        number and id_number_disagreement(number, person["birth_date"], person["sex"])
+                        number
+                        and id_document_disagreement(
+                            person["id_type"] or RESIDENT_ID, number, person["birth_date"], person["sex"]
+                        )
                     )
                 else:
                     value = person[name]
                     value = value.isoformat() if hasattr(value, "isoformat") else value
-                row = provenance.get(name)
+                row = provenance.get(PROVENANCE_OF.get(name, name))
                 fields.append(
                     _field(
                         name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from campushub.connectors.academic import AcademicSource
+from campushub.connectors.academic import STREAMS, AcademicSource
 from campushub.connectors.base import AuthError, Batch, MalformedPageError
 from campushub.simulators.academic import CORRUPTIBLE
 from campushub.simulators.malformed import malformed_kind, repeats_previous_page
@@ -129,6 +129,36 @@ def test_malformed_records_come_out_flagged_with_reasons(simulators: SimulatorCl
         assert record.data  # the raw payload travels with the flag
         flagged += bool(expected)
     assert flagged >= 60
+
+
+def test_students_registered_with_other_documents_pass_and_a_number_of_the_wrong_form_is_flagged(
+    simulators: SimulatorCluster,
+) -> None:
+    """Hong Kong, Macao and Taiwan students register with their travel permits, foreign students
+    with a passport or permanent residence card: each number is held to its own document's form."""
+    got = [record for batch in pull(simulators, "students", page_size=1000) for record in batch.records]
+    documents = {record.data["SFZJLXM"] for record in got}
+    assert "1" in documents and documents - {"1"}, documents
+    assert all(record.ok for record in got)
+    spec = STREAMS["students"]
+    rows = [record.data for record in got]
+    assert spec.clean_page_keys(rows) == [record.key for record in got]  # vouched for a page at a time
+    permit = next(row for row in rows if row["SFZJLXM"] not in ("1", "A"))
+    wrong = {
+        "a stray character": (
+            {**permit, "SFZJH": permit["SFZJH"] + "-"},
+            f"SFZJH: id number: not the form of a document of type {permit['SFZJLXM']}",
+        ),
+        "named a resident card": (
+            {**permit, "SFZJLXM": "1"},
+            "SFZJH: id number: not 17 digits and a check character",
+        ),
+        "an unknown document": ({**permit, "SFZJLXM": "Q"}, "SFZJLXM: unknown code 'Q'"),
+    }
+    for case, (row, reason) in wrong.items():
+        assert spec.problems(row) == [reason], case
+        assert permit["SFZJH"] not in reason
+        assert spec.clean_page_keys([*rows[:5], row]) is None, case  # the page goes record by record
 
 
 def test_a_deletion_mid_pull_starts_the_pull_again_and_no_record_is_skipped(caplog: pytest.LogCaptureFixture) -> None:

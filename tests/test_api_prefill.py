@@ -43,6 +43,7 @@ from campushub.models.unified import (
     Staff,
     Student,
 )
+from campushub.reference.codes import code_table
 from tests.api_support import Api, ApiHub
 
 FORMS = sorted(catalog())
@@ -170,6 +171,8 @@ class Rows:
         if name == "id_number":
             number = decrypt_id(self.person["id_number_cipher"])
             value = number if full_id_number else number[:3] + "*" * (len(number) - 7) + number[-4:]
+        elif name == "id_type":  # the document comes with its number, from the same source
+            value, name = self.person["id_type"], "id_number"
         else:
             raw = self.person[name]
             value = raw.isoformat() if isinstance(raw, dt.date) else raw
@@ -309,6 +312,28 @@ def test_prefill_fills_every_declared_field_from_the_unified_layer(hub_api: ApiH
     fields = check_prefill(hub_api, user_for(hub_api, form), form)
     # the demo users were chosen so that the hub fills most of each form
     assert sum(field["quality"] != "MISSING" for field in fields.values()) >= len(form.paths) - 1
+
+
+def test_a_student_registered_with_a_permit_or_passport_gets_the_certificate_unflagged(hub_api: ApiHub) -> None:
+    """Students from Hong Kong, Macao and Taiwan, and from abroad, prove who they are with
+    another document: the certificate prints its kind and its whole number, and nothing about it
+    is flagged — it has no birth date or sex in it to disagree with."""
+    form = catalog()["enrollment_certificate"]
+    with hub_api.engine.connect() as connection:
+        holders = connection.execute(
+            select(Student.student_no, Person.id_type)
+            .join(Person, Person.id == Student.person_id)
+            .where(Person.id_type != "1", Student.deleted_at.is_(None))
+            .order_by(Student.student_no)
+        ).all()
+    assert {id_type for _, id_type in holders} >= {"6", "9"}, holders  # the stand-ins' permits and cards
+    for student_no, id_type in holders:
+        fields = check_prefill(hub_api, Principal(subject=student_no, role="student"), form)
+        document, number = fields["id_type"], fields["id_number"]
+        assert (document["value"], document["display"]) == (id_type, code_table("id_document_type")[id_type].name)
+        assert document["source"] == number["source"] == "academic"
+        assert number["quality"] == document["quality"] == "OK", (student_no, number["notes"])
+        assert len(number["value"]) < 18 and "*" not in number["value"]  # the whole number, as the form declares
 
 
 def students_where(engine: Engine, *, settled: bool | None = None, card_status: str | None = None) -> str | None:
@@ -619,6 +644,7 @@ def expected_enrollment_coverage(connection: Any) -> list[dict[str, Any]]:
         "name": Person.name,
         "sex": Person.sex,
         "birth_date": Person.birth_date,
+        "id_type": Person.id_type,
         "id_number": Person.id_number_cipher,
         "student_no": Student.student_no,
         "college": college.c.name,

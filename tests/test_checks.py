@@ -426,7 +426,9 @@ def test_column_expectations_catch_every_kind_of_bad_value(layer: Layer) -> None
                         VALUES (NULL, '88', 'ZZ', 'not-an-address', 'x')"""
                 )
             )
-            connection.execute(text(f"UPDATE qc_person SET phone = '2{phone[1:]}', sex = '7' WHERE id = {person}"))
+            connection.execute(
+                text(f"UPDATE qc_person SET phone = '2{phone[1:]}', sex = '7', id_type = 'Q' WHERE id = {person}")
+            )
             connection.execute(text(f"UPDATE qc_staff SET title_code = 'ZZZ' WHERE staff_no = '{staff_no}'"))
         student = quality.column_expectations(layer.engine, "student", table_name="qc_student")
         people = quality.column_expectations(layer.engine, "person", table_name="qc_person")
@@ -454,7 +456,11 @@ def test_column_expectations_catch_every_kind_of_bad_value(layer: Layer) -> None
 
     assert not people.passed
     failures = by_column(people)
-    assert set(failures) == {("values_to_be_in_set", "sex"), ("values_to_match_regex", "phone")}
+    assert set(failures) == {
+        ("values_to_be_in_set", "sex"),
+        ("values_to_be_in_set", "id_type"),
+        ("values_to_match_regex", "phone"),
+    }
     masked = failures[("values_to_match_regex", "phone")]["samples"]
     assert masked == [{"id": person, "phone": quality.mask_phone("2" + phone[1:])}]
     assert phone[1:] not in str(people.metadata())
@@ -906,6 +912,7 @@ def test_id_numbers_that_disagree_are_reported_by_person_never_by_number(layer: 
             text(
                 """SELECT id, id_number_cipher, birth_date, sex FROM person
                    WHERE id_number_cipher IS NOT NULL AND birth_date IS NOT NULL AND sex IN ('1', '2')
+                     AND id_type = '1'
                    ORDER BY id LIMIT 3"""
             )
         ).all()
@@ -934,6 +941,39 @@ def test_id_numbers_that_disagree_are_reported_by_person_never_by_number(layer: 
     assert {s["person_id"] for s in outcome.samples} == {born, sexed, forged}
     shown = str(outcome.metadata())
     assert not any(number[6:] in shown for number in [*numbers, bad])  # not even the birth date and sequence
+
+
+def test_other_documents_are_held_to_their_form_and_never_to_a_birth_date(layer: Layer) -> None:
+    with layer.engine.connect() as connection:
+        holders = connection.execute(
+            text(
+                """SELECT id, id_type, id_number_cipher, birth_date FROM person
+                   WHERE id_type <> '1' AND birth_date IS NOT NULL ORDER BY id"""
+            )
+        ).all()
+        assert len(holders) >= 2 and quality.id_number_problems(connection).passed
+    (moved, _, _, birth), (typo, kind, cipher, _) = holders[:2]
+    birth = dt.date.fromisoformat(str(birth)[:10])
+    number = decrypt_id(cipher)
+    with broken(
+        layer.engine,
+        # Nothing in a permit or passport number says when its holder was born...
+        f"UPDATE person SET birth_date = '{birth + dt.timedelta(days=1)}' WHERE id = {moved}",
+        # ...but a lower-case letter or a space is no document's number.
+        (
+            "UPDATE person SET id_number_cipher = :cipher WHERE id = :id",
+            {"cipher": encrypt_id(f" {number}"), "id": typo},
+        ),
+        restore=[
+            f"UPDATE person SET birth_date = '{birth}' WHERE id = {moved}",
+            ("UPDATE person SET id_number_cipher = :cipher WHERE id = :id", {"cipher": cipher, "id": typo}),
+        ],
+    ) as connection:
+        outcome = quality.id_number_problems(connection)
+    assert not outcome.passed and outcome.counts["failing"] == 1
+    assert outcome.counts[f"id number: not the form of a document of type {kind}"] == 1
+    assert outcome.samples == [{"person_id": typo, "problem": f"id number: not the form of a document of type {kind}"}]
+    assert number not in str(outcome.metadata())
 
 
 def test_windowed_validations_read_through_the_windows_own_index_on_sqlite(tmp_path: Path) -> None:

@@ -962,3 +962,133 @@ def test_the_streams_the_pipeline_schedules_are_the_streams_the_connectors_decla
         connector = import_module(target.split(":")[0])
         assert set(STREAMS[source]) == set(connector.STREAMS), source
         assert len(STREAMS[source]) == len(set(STREAMS[source])), source
+
+
+# ---------------------------------------------------------------------------- identity documents
+def test_identity_documents_are_held_to_their_own_forms_and_reasons_never_repeat_the_number() -> None:
+    from campushub.reference.identity import (
+        RESIDENT_ID,
+        check_character,
+        id_document_disagreement,
+        id_document_problem,
+    )
+
+    resident = "440802200403011236"
+    assert id_document_problem(RESIDENT_ID, resident) is None
+    valid = {
+        "6": ["H12345678", "H1234567890"],  # a Hong Kong resident's travel permit
+        "7": ["M12345678"],  # a Macao resident's
+        "8": ["12345678", "1234567890"],  # a Taiwan resident's
+        "9": ["VNM123456789012", resident.replace("44", "93", 1)[:17] + "X"],  # 2017 and 2023 editions
+        "A": ["E12345678", "K1234567", "G123456789012"],  # passports
+        "Z": ["ABC1234"],
+    }
+    for document, numbers in valid.items():
+        for number in numbers:
+            if len(number) == 18:  # the 2023 edition carries a check character
+                number = number[:17] + check_character(number[:17])
+            assert id_document_problem(document, number) is None, (document, number)
+    wrong = {
+        ("6", "M12345678"): "not the form of a document of type 6",  # a Macao permit named a Hong Kong one
+        ("8", "1234567"): "not the form of a document of type 8",
+        ("A", "e1234567"): "not the form of a document of type A",
+        ("A", "E 1234567"): "not the form of a document of type A",
+        ("9", "9" + "1" * 16 + "0"): "check digit does not match",
+        (RESIDENT_ID, "E12345678"): "not 17 digits and a check character",  # a passport named a resident card
+    }
+    for (document, number), reason in wrong.items():
+        problem = id_document_problem(document, number)
+        assert problem == f"id number: {reason}" and number not in problem, (document, number)
+    # Only a resident identity number says when a person was born, and whether a man or a woman.
+    born = dt.date(2004, 3, 1)
+    assert id_document_disagreement(RESIDENT_ID, resident, dt.date(2004, 3, 2), "1") is not None
+    assert id_document_disagreement(RESIDENT_ID, resident, born, "1") is None
+    assert id_document_disagreement("A", "E12345678", dt.date(1999, 1, 1), "2") is None
+
+
+def test_a_record_names_its_document_and_one_that_names_none_holds_a_resident_number() -> None:
+    from campushub.models.unify import staff, student
+
+    passport = student({**A_STUDENT, "SFZJLXM": "A", "SFZJH": "E12345678"}).identity
+    resident = student({**A_STUDENT, "SFZJH": "440802200503011232"}).identity
+    nothing = student(A_STUDENT).identity
+    assert passport is not None and resident is not None and nothing is not None
+    assert (passport["id_type"], resident["id_type"], nothing["id_type"]) == ("A", "1", None)
+    assert passport["id_number_hash"] == id_hash("E12345678")
+    with pytest.raises(ValueError, match="is not a code of id_document_type"):
+        student({**A_STUDENT, "SFZJLXM": "Q", "SFZJH": "E12345678"})
+    member = {
+        "staffNo": "T1",
+        "name": "黎明",
+        "gender": "男",
+        "idType": "6",
+        "idNumber": "H12345678",
+        "deptCode": "D01",
+        "hireDate": "2020/09/01",
+        "modifiedAt": "1767225600000",
+    }
+    identity = staff(member).identity
+    assert identity is not None and identity["id_type"] == "6"
+
+
+@DATABASES
+def test_a_persons_document_type_comes_with_the_number_that_won(database_kind: str, tmp_path: Path) -> None:
+    """The document type and its number are one fact: the golden record takes both from the
+    source whose number wins, never the type of one and the number of another."""
+    from campushub.models.identity import resolve
+
+    permit = "H12345678"  # a Hong Kong resident's travel permit, which HR filed as a passport
+    records = {
+        "academic": Record("S1", {**A_STUDENT, "XH": "S1", "SFZJLXM": "6", "SFZJH": permit}),
+        "hr": Record(
+            "T1",
+            {
+                "staffNo": "T1",
+                "name": "陈伟",
+                "gender": "男",
+                "idType": "A",
+                "idNumber": permit,
+                "deptCode": "D01",
+                "hireDate": "2020/09/01",
+                "modifiedAt": "1767225600000",
+            },
+        ),
+    }
+    with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
+        for source, record in records.items():
+            stream = "students" if source == "academic" else "staff"
+            result = LandingResult(source, stream, "run", "incremental", None)
+            land_batches(connection, source, stream, [Batch([record])], result)
+            unify(connection, MAPPINGS[(source, stream)], "run")
+        resolve(connection)
+        identities = dict(connection.execute(select(SourceIdentity.source, SourceIdentity.id_type)).all())
+        people = connection.execute(select(Person.id_type, Person.id_number_cipher)).all()
+    assert identities == {"academic": "6", "hr": "A"}
+    ((id_type, cipher),) = people  # one person: the same number
+    assert (id_type, decrypt_id(cipher)) == ("6", permit)  # academic's number wins, and its type with it
+
+
+@DATABASES
+def test_numbers_stored_before_document_types_were_kept_are_resident_numbers(
+    database_kind: str, tmp_path: Path
+) -> None:
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine, "0014")
+        with engine.begin() as connection:
+            for key, digest in (("S1", "h1"), ("S2", None)):
+                connection.execute(
+                    insert(SourceIdentity).values(
+                        source="academic",
+                        source_key=key,
+                        role="student",
+                        name="测试",
+                        id_number_hash=digest,
+                        row_hash="h",
+                    )
+                )
+                connection.execute(insert(Person).values(name=key, id_number_hash=digest))
+        upgrade(engine)
+        with engine.connect() as connection:
+            identities = dict(connection.execute(select(SourceIdentity.source_key, SourceIdentity.id_type)).all())
+            people = dict(connection.execute(select(Person.name, Person.id_type)).all())
+    assert identities == people == {"S1": "1", "S2": None}

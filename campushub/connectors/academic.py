@@ -29,9 +29,10 @@ STREAMS = {
             key=("XH",),
             required=("XH", "XM", "XBM", "SFZJH", "YXDM", "ZYDM", "BJDM", "RXNY", "XJZTM", "GXSJ"),
             dates={"CSRQ": "%Y-%m-%d", "RXNY": "%Y%m", "GXSJ": ISO_MS},
-            id_numbers=("SFZJH",),
+            id_numbers={"SFZJH": "SFZJLXM"},
             codes={
                 "XBM": "sex",
+                "SFZJLXM": "id_document_type",
                 "MZM": "ethnicity",
                 "ZZMMM": "political_status",
                 "XJZTM": "student_status",

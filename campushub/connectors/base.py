@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 
 from campushub.reference.codes import code_table
-from campushub.reference.identity import id_number_problem
+from campushub.reference.identity import RESIDENT_ID, id_document_problem, id_number_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,7 +240,9 @@ class StreamSpec:
     key: tuple[str, ...]
     required: tuple[str, ...] = ()
     dates: Mapping[str, str] = field(default_factory=dict)  # field -> strptime format
-    id_numbers: tuple[str, ...] = ()
+    # ID number field -> the field naming its document type (JY/T 1001); a record that names
+    # none holds a resident identity number.
+    id_numbers: Mapping[str, str] = field(default_factory=dict)
     codes: Mapping[str, str | frozenset[str]] = field(default_factory=dict)  # field -> table or values
     integers: tuple[str, ...] = ()  # e.g. money in fen, sent as strings of digits
 
@@ -288,7 +290,7 @@ def _compile_checker(spec: StreamSpec) -> Callable[[Mapping[str, Any]], list[str
     tables loaded, date formats turned into checks; per record only plain loops remain."""
     required = spec.required
     dates = tuple((name, fmt, date_check(fmt)) for name, fmt in spec.dates.items())
-    id_numbers = spec.id_numbers
+    id_numbers = tuple(spec.id_numbers.items())
     codes = spec._code_domains
     integers = spec.integers
 
@@ -305,10 +307,12 @@ def _compile_checker(spec: StreamSpec) -> Callable[[Mapping[str, Any]], list[str
             elif value is None:
                 continue
             found.append(f"{name}: {value!r} is not a valid date ({fmt})")
-        for name in id_numbers:
+        for name, kind_field in id_numbers:
             value = get(name)
             if value not in _EMPTY:
-                problem = id_number_problem(value) if isinstance(value, str) else "id number: not a string"
+                kind = get(kind_field)
+                kind = RESIDENT_ID if kind in _EMPTY else str(kind)
+                problem = id_document_problem(kind, value) if isinstance(value, str) else "id number: not a string"
                 if problem:
                     found.append(f"{name}: {problem}")
         for name, allowed in codes:
@@ -353,9 +357,20 @@ def _dates_valid(fmt: str) -> Callable[[Column], bool]:
     return dates
 
 
-def _id_numbers_valid(column: Column) -> bool:
-    values = _present(column)
-    return _all_of_type(values, str) and not any(map(id_number_problem, values))
+_RESIDENT_KINDS = frozenset((RESIDENT_ID, *_EMPTY))
+
+
+def _id_numbers_valid(numbers: Column, kinds: Column) -> bool:
+    values = _present(numbers)
+    if not _all_of_type(values, str):
+        return False
+    if _RESIDENT_KINDS.issuperset(kinds):  # the usual page: resident identity numbers alone
+        return not any(map(id_number_problem, values))
+    return not any(
+        id_document_problem(RESIDENT_ID if kind in _EMPTY else str(kind), number)
+        for number, kind in zip(numbers, kinds, strict=True)
+        if number not in _EMPTY
+    )
 
 
 def _codes_valid(allowed: Container[str]) -> Callable[[Column], bool]:
@@ -376,12 +391,22 @@ def _integers_valid(column: Column) -> bool:
 
 def _compile_page_check(spec: StreamSpec) -> Callable[[list[Any]], list[str] | None]:
     fields = tuple(
-        dict.fromkeys((*spec.key, *spec.required, *spec.dates, *spec.id_numbers, *spec.codes, *spec.integers))
+        dict.fromkeys(
+            (
+                *spec.key,
+                *spec.required,
+                *spec.dates,
+                *spec.id_numbers,
+                *spec.id_numbers.values(),
+                *spec.codes,
+                *spec.integers,
+            )
+        )
     )
     at = {name: n for n, name in enumerate(fields)}
     rules: list[tuple[int, Callable[[Column], bool]]] = [(at[name], all) for name in spec.required]
     rules += [(at[name], _dates_valid(fmt)) for name, fmt in spec.dates.items()]
-    rules += [(at[name], _id_numbers_valid) for name in spec.id_numbers]
+    id_rules = [(at[number], at[kind]) for number, kind in spec.id_numbers.items()]
     rules += [(at[name], _codes_valid(allowed)) for name, allowed in spec._code_domains]
     rules += [(at[name], _integers_valid) for name in spec.integers]
     key_columns = [at[name] for name in spec.key]
@@ -396,6 +421,8 @@ def _compile_page_check(spec: StreamSpec) -> Callable[[list[Any]], list[str] | N
             # Rows to columns in C; a row without one of the fields raises KeyError.
             columns = list(zip(*map(fetch, rows), strict=True)) if len(fields) > 1 else [tuple(map(fetch, rows))]
             if not all(rule(columns[n]) for n, rule in rules):
+                return None
+            if not all(_id_numbers_valid(columns[number], columns[kind]) for number, kind in id_rules):
                 return None
             return _column_keys([columns[n] for n in key_columns])
         except (KeyError, TypeError):  # a missing field, an unhashable value: ask `problems`

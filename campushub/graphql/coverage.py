@@ -55,6 +55,7 @@ FILLABLE: dict[str, Condition] = {
     "person.phone": _person("phone"),
     "person.email": _person("email"),
     "person.id_number": _person("id_number_cipher"),
+    "person.id_type": _person("id_type"),
     "student.student_no": _student(),
     "student.college": _student(Student.college_id.is_not(None)),
     "student.major": _student(Student.major_id.is_not(None)),

@@ -72,7 +72,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_table
-from campushub.reference.identity import id_number_disagreement
+from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
 from campushub.reference.source_codes import CARD_STATUS_HELD
 
 PASS_SCORE = 60
@@ -171,7 +171,7 @@ def _id_number(records: Records) -> Outcome:
     except InvalidToken:
         return Missing("身份证件号无法解密，请联系数据管理员 (stored ID number unreadable; a steward is needed)")
     notes = list(records.notes["person"])
-    verdict = id_number_disagreement(number, person["birth_date"], person["sex"])
+    verdict = id_document_disagreement(person["id_type"] or RESIDENT_ID, number, person["birth_date"], person["sex"])
     if verdict:
         notes.append(verdict)
     shown = number if records.show_full_id_number else mask_id(number)
@@ -183,6 +183,22 @@ def _id_number(records: Records) -> Outcome:
         source_key=provenance["source_key"] if provenance else str(person["id"]),
         as_of=provenance["as_of"] if provenance else person["updated_at"],
         notes=tuple(notes),
+    )
+
+
+def _id_type(records: Records) -> Outcome:
+    """The kind of document the ID number is, from the source the number came from."""
+    person = records.person
+    if person is None or person["id_type"] is None:
+        return Missing("没有任何来源系统提供身份证件号 (no source system holds an ID number)")
+    provenance = records.provenance.get("id_number")
+    return Filled(
+        person["id_type"],
+        _code("id_document_type", person["id_type"]) or person["id_type"],
+        source=provenance["source"] if provenance else "hub",
+        source_key=provenance["source_key"] if provenance else str(person["id"]),
+        as_of=provenance["as_of"] if provenance else person["updated_at"],
+        notes=tuple(records.notes["person"]),
     )
 
 
@@ -303,6 +319,7 @@ def _grades(column: str, render: Callable[[Any], tuple[str, str]]) -> Callable[[
 PATHS: dict[str, tuple[str, Callable[[Records], Outcome]]] = {
     **{f"person.{name}": ("person", _person_field(name)) for name in PERSON_FIELDS},
     "person.id_number": ("person", _id_number),
+    "person.id_type": ("person", _id_type),
     "student.student_no": ("student", _entity_field("student", "academic", "student_no", "student_no")),
     "student.college": ("student", _entity_field("student", "academic", "student_no", "college_name")),
     "student.major": ("student", _entity_field("student", "academic", "student_no", "major_name")),

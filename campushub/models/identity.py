@@ -336,6 +336,15 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
             candidates = [Candidate(m.source, m.source_key, getattr(m, column), m.as_of) for m in members]
             winner, why = choose("person", name, candidates)
             values[column] = winner.value if winner else None
+            if name == "id_number":  # the document comes with its number, from the same source
+                values["id_type"] = next(
+                    (
+                        m.id_type
+                        for m in members
+                        if winner and (m.source, m.source_key) == (winner.source, winner.source_key)
+                    ),
+                    None,
+                )
             if winner is None:
                 continue
             provenance.append(

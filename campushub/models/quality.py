@@ -33,7 +33,7 @@ from campushub.models.landing import SyncState
 from campushub.models.protect import decrypt_id
 from campushub.models.unified import ROLE_TABLES, Person
 from campushub.reference.codes import code_table
-from campushub.reference.identity import id_number_disagreement
+from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
 
 # ------------------------------------------------------------------------- declared rules
 SAMPLE = 10  # failing keys shown per rule: enough for a steward to start, never a data dump
@@ -118,7 +118,12 @@ TABLE_RULES: dict[str, TableRules] = {
     "person": TableRules(
         key=("id",),
         not_null=("name",),
-        codes={"sex": "sex", "ethnicity": "ethnicity", "political_status": "political_status"},
+        codes={
+            "sex": "sex",
+            "ethnicity": "ethnicity",
+            "political_status": "political_status",
+            "id_type": "id_document_type",
+        },
         formats={"phone": "phone", "email": "email"},
     ),
     # Events: the sequence number is the primary key; only what every balance rule relies on.
@@ -806,24 +811,26 @@ def unaccounted_bill_payments(connection: Connection) -> Outcome:
 
 @_timed
 def id_number_problems(connection: Connection, chunk: int = 5000) -> Outcome:
-    """Every stored ID number is valid (GB 11643 check character, a real birth date) and agrees
-    with the person's birth date and sex. Decrypted in memory one at a time, never reported."""
+    """Every stored resident identity number is valid (GB 11643 check character, a real birth
+    date) and agrees with the person's birth date and sex; every other document's number has its
+    document's form. Decrypted in memory one at a time, never reported."""
     counts: Counter[str] = Counter()
     samples: list[dict[str, Any]] = []
     checked = 0
     query = (
-        select(Person.id, Person.id_number_cipher, Person.birth_date, Person.sex)
+        select(Person.id, Person.id_type, Person.id_number_cipher, Person.birth_date, Person.sex)
         .where(Person.id_number_cipher.is_not(None))
         .order_by(Person.id)
     )
-    for person_id, cipher, birth_date, sex in connection.execution_options(yield_per=chunk).execute(query):
+    rows = connection.execution_options(yield_per=chunk).execute(query)
+    for person_id, id_type, cipher, birth_date, sex in rows:
         checked += 1
         try:
             number = decrypt_id(cipher)
         except InvalidToken:
             problem: str | None = "id number: cannot be decrypted with the current key"
         else:
-            problem = id_number_disagreement(number, birth_date, sex)
+            problem = id_document_disagreement(id_type or RESIDENT_ID, number, birth_date, sex)
         if problem:
             counts[problem] += 1
             if len(samples) < SAMPLE:

@@ -78,6 +78,10 @@ class Person(Base):
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
     ethnicity: Mapped[str | None] = mapped_column(String(2))  # GB/T 3304
     political_status: Mapped[str | None] = mapped_column(String(2))  # GB/T 4762
+    # The kind of document the ID number belongs to (JY/T 1001: 1 resident identity card,
+    # 6-8 Hong Kong, Macao and Taiwan permits, 9 permanent residence card, A passport). It comes
+    # with the number from the source whose number won: the two are one fact.
+    id_type: Mapped[str | None] = mapped_column(String(1))
     id_number_cipher: Mapped[bytes | None] = mapped_column(LargeBinary)
     id_number_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     phone: Mapped[str | None] = mapped_column(String(20))
@@ -106,6 +110,7 @@ class SourceIdentity(Base):
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
     ethnicity: Mapped[str | None] = mapped_column(String(2))
     political_status: Mapped[str | None] = mapped_column(String(2))
+    id_type: Mapped[str | None] = mapped_column(String(1))  # as on `person`
     id_number_cipher: Mapped[bytes | None] = mapped_column(LargeBinary)
     id_number_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     phone: Mapped[str | None] = mapped_column(String(20))

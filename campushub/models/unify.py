@@ -55,6 +55,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_by_name
+from campushub.reference.identity import RESIDENT_ID
 from campushub.reference.source_codes import BILL_STATUS, CARD_HOLDER_KIND
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -92,10 +93,17 @@ class Mapping:
 
 
 # ---------------------------------------------------------------------------- mappers
-def _person_fields(name: str, id_number: str | None, phone: str | None) -> dict[str, Any]:
+def _document_type(sent: Any) -> str:
+    """A number whose document is not named is a resident identity number: the connectors
+    hold it to that document's rules."""
+    return RESIDENT_ID if sent in (None, "") else norm.code("id_document_type", str(sent))
+
+
+def _person_fields(name: str, phone: str | None, id_number: str | None = None, id_type: Any = None) -> dict[str, Any]:
     usable = _phone(phone) if phone else None
     return {
         "name": norm.person_name(name),
+        "id_type": _document_type(id_type) if id_number else None,
         "id_number_hash": id_hash(id_number) if id_number else None,
         "id_number_cipher": encrypt_id(id_number) if id_number else None,
         "phone": usable,
@@ -157,7 +165,7 @@ def student(p: dict[str, Any]) -> Mapped:
         "political_status": norm.code("political_status", p["ZZMMM"]) if p.get("ZZMMM") else None,
         "email": p.get("DZYX") or None,
         "as_of": updated,
-        **_person_fields(p["XM"], p.get("SFZJH"), p.get("SJHM")),
+        **_person_fields(p["XM"], p.get("SJHM"), id_number=p.get("SFZJH"), id_type=p.get("SFZJLXM")),
     }
     return Mapped(row, identity)
 
@@ -189,7 +197,7 @@ def staff(p: dict[str, Any]) -> Mapped:
         ),
         "email": p.get("email") or None,
         "as_of": updated,
-        **_person_fields(p["name"], p.get("idNumber"), p.get("mobile")),
+        **_person_fields(p["name"], p.get("mobile"), id_number=p.get("idNumber"), id_type=p.get("idType")),
     }
     return Mapped(row, identity)
 
@@ -217,7 +225,7 @@ def card_account(p: dict[str, Any]) -> Mapped:
         "political_status": None,
         "email": None,
         "as_of": updated,
-        **_person_fields(p["cust_name"], None, p.get("mobile")),
+        **_person_fields(p["cust_name"], p.get("mobile")),  # the card holds no ID number
     }
     return Mapped(row, identity)
 

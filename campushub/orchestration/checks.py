@@ -176,7 +176,8 @@ RULES: dict[str, Rule] = {
         blocking=False,
     ),
     "id_numbers": Rule(
-        "ID numbers carry a valid check character and agree with the person's birth date and sex.",
+        "Resident identity numbers carry a valid check character and agree with the person's birth date and sex; "
+        "the numbers of other documents (travel permits, passports, permanent residence cards) have their form.",
         _id_numbers,
     ),
     "balances_reconcile": Rule(

@@ -1,14 +1,30 @@
-"""Resident identity numbers (公民身份号码) per GB 11643-1999.
+"""Identity numbers: resident identity numbers (公民身份号码) per GB 11643-1999, and the other
+identity documents a student or member of staff may register with (JY/T 1001's 身份证件类型码).
 
-18 characters: a 6-digit area code, the birth date as YYYYMMDD, a 3-digit sequence whose last
-digit is odd for men and even for women, and an ISO 7064 MOD 11-2 check character (0-9 or X).
+A resident identity number has 18 characters: a 6-digit area code, the birth date as YYYYMMDD, a
+3-digit sequence whose last digit is odd for men and even for women, and an ISO 7064 MOD 11-2
+check character (0-9 or X). The other documents — a Hong Kong, Macao or Taiwan resident's travel
+permit, a foreigner's passport or permanent residence card — carry neither birth date nor sex, so
+only their form can be checked.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from functools import lru_cache
 from operator import mul
+
+RESIDENT_ID = "1"  # 居民身份证: the document a record names when it names none
+# Document type (the codes of `codes/id_document_type.csv`) -> the form of its number.
+DOCUMENT_FORMS: dict[str, re.Pattern[str]] = {
+    "6": re.compile(r"H\d{8}(?:\d{2})?"),  # 港澳居民来往内地通行证 of a Hong Kong resident
+    "7": re.compile(r"M\d{8}(?:\d{2})?"),  # ... of a Macao resident
+    "8": re.compile(r"\d{8}(?:\d{2})?"),  # 台湾居民来往大陆通行证: 8 digits, 10 on older permits
+    "9": re.compile(r"[A-Z]{3}\d{12}|9\d{16}[0-9X]"),  # 外国人永久居留身份证, 2017 and 2023 editions
+    "A": re.compile(r"[A-Z0-9]{5,17}"),  # a passport: ICAO 9303 leaves the form to its issuer
+}
+OTHER_DOCUMENT_FORM = re.compile(r"[A-Z0-9]{4,20}")  # the kinds with no public form to hold them to
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"
@@ -65,3 +81,26 @@ def id_number_disagreement(number: str, birth_date: dt.date | None, sex: str | N
     elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
         problem = "id number: sex digit disagrees with the record"
     return problem
+
+
+def id_document_problem(document_type: str, value: str) -> str | None:
+    """Why `value` cannot be a number of this kind of document, or None. Like
+    `id_number_problem`, the reason never repeats the number."""
+    if document_type == RESIDENT_ID:
+        return id_number_problem(value)
+    form = DOCUMENT_FORMS.get(document_type, OTHER_DOCUMENT_FORM)
+    if not form.fullmatch(value):
+        return f"id number: not the form of a document of type {document_type}"
+    if len(value) == 18 and check_character(value[:17]) != value[17]:  # the 2023 permanent residence card
+        return "id number: check digit does not match"
+    return None
+
+
+def id_document_disagreement(
+    document_type: str, number: str, birth_date: dt.date | None, sex: str | None
+) -> str | None:
+    """`id_number_disagreement` for any kind of document: only a resident identity number can
+    disagree with a birth date or sex; the others can only be of the wrong form."""
+    if document_type == RESIDENT_ID:
+        return id_number_disagreement(number, birth_date, sex)
+    return id_document_problem(document_type, number)

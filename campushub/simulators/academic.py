@@ -23,7 +23,9 @@ SCHOOL_CODE = "10566"  # 广东海洋大学's national institution code
 MAX_PAGE_SIZE = 1000
 
 CORRUPTIBLE = {
-    "students": Corruptible(key="XH", id_number="SFZJH", date=("CSRQ", "2005-02-30"), code=("XBM", "7")),
+    "students": Corruptible(
+        key="XH", id_number="SFZJH", id_type="SFZJLXM", date=("CSRQ", "2005-02-30"), code=("XBM", "7")
+    ),
     "grades": Corruptible(key="XH", date=("GXSJ", "2025-13-01T09:00:00+08:00"), code=("KCXZ", "未知")),
 }
 
@@ -35,6 +37,7 @@ def student_json(student: Student) -> dict[str, Any]:
         "XM": person.name,
         "XBM": person.sex,
         "CSRQ": person.birth.isoformat(),
+        "SFZJLXM": person.id_type,
         "SFZJH": person.id_number,
         "MZM": person.ethnicity,
         "ZZMMM": person.political_status,

@@ -172,4 +172,8 @@ AREA_CODES: tuple[str, ...] = (
     "510104",
 )
 
+# ISO 3166-1 alpha-3 codes of the countries the university's foreign students mostly come from:
+# the first three characters of a 2017-edition permanent residence card number.
+COUNTRY_CODES: tuple[str, ...] = ("VNM", "THA", "LAO", "IDN", "KOR", "RUS", "PAK")
+
 EMAIL_DOMAIN = "gdou.edu.cn"

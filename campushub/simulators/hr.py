@@ -41,7 +41,7 @@ LATEST_MS = 32_503_680_000_000  # 3000-01-01: later instants are typos, and over
 
 CORRUPTIBLE = {
     "staff": Corruptible(
-        key="staffNo", id_number="idNumber", date=("birthDate", "1985/02/30"), code=("gender", "未知")
+        key="staffNo", id_number="idNumber", id_type="idType", date=("birthDate", "1985/02/30"), code=("gender", "未知")
     ),
 }
 
@@ -60,6 +60,7 @@ def staff_json(staff: Staff) -> dict[str, Any]:
         "staffNo": staff.staff_no,
         "name": staff.name_in_hr,
         "gender": GENDER[person.sex],
+        "idType": person.id_type,
         "idNumber": person.id_number,
         "birthDate": person.birth.strftime(DATE),
         "ethnicity": code_table("ethnicity")[person.ethnicity].name,

@@ -6,13 +6,16 @@ n and the rate, so the tests can compute exactly which records a connector must 
 
 from __future__ import annotations
 
+import datetime as dt
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from campushub.reference.identity import RESIDENT_ID, make_id_number
 from campushub.simulators.world import mix
 
 KINDS = ("bad_check_digit", "impossible_date", "missing_key", "unknown_code")
+_MISTYPED_RESIDENT_ID = make_id_number("440802", dt.date(2004, 5, 17), 123)
 _BAD_CHECK = {c: n for c, n in zip("0123456789X", "1234567890X"[1:] + "0", strict=True)}
 
 
@@ -22,6 +25,7 @@ class Corruptible:
 
     key: str
     id_number: str | None = None
+    id_type: str | None = None  # the field naming the ID number's kind of document
     date: tuple[str, str] | None = None  # (field, a value that is not a date)
     code: tuple[str, str] | None = None  # (field, a value outside its code table)
 
@@ -53,6 +57,10 @@ def corrupt(record: dict[str, Any], plan: Corruptible, kind: str) -> dict[str, A
     broken = dict(record)
     if kind == "bad_check_digit" and plan.id_number:
         value = str(broken[plan.id_number])
+        if plan.id_type and broken.get(plan.id_type) != RESIDENT_ID:
+            # A travel permit or passport has no check digit to get wrong: a clerk typed the
+            # person in as a resident, with a mistyped number.
+            broken[plan.id_type], value = RESIDENT_ID, _MISTYPED_RESIDENT_ID
         broken[plan.id_number] = value[:17] + _BAD_CHECK[value[17]]
     elif kind == "impossible_date" and plan.date:
         broken[plan.date[0]] = plan.date[1]

@@ -18,7 +18,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
 
-from campushub.reference.identity import make_id_number
+from campushub.reference.identity import RESIDENT_ID, make_id_number
 from campushub.simulators import catalog
 
 CST = dt.timezone(dt.timedelta(hours=8), "CST")
@@ -42,6 +42,12 @@ def mix(*parts: int) -> int:
     return state
 
 
+# Identity documents other than the resident identity card (JY/T 1001 code, cumulative odds):
+# Hong Kong, Macao and Taiwan students' travel permits, foreign students' passports and
+# permanent residence cards; a few foreign members of staff.
+_STUDENT_DOCUMENTS = (("6", 0.004), ("7", 0.006), ("8", 0.009), ("A", 0.016), ("9", 0.017))
+_STAFF_DOCUMENTS = (("A", 0.005), ("9", 0.006))
+
 # Tags keep the hash streams of different kinds of fact independent.
 _LEVEL, _ENTRY, _MAJOR, _CLASS, _STATUS, _UPDATED, _PERSON, _STAFF, _BILL, _CARD, _TXN = range(1, 12)
 
@@ -58,6 +64,7 @@ class Person:
     ethnicity: str  # GB/T 3304
     political_status: str  # GB/T 4762
     phone: str
+    id_type: str = RESIDENT_ID  # JY/T 1001's 身份证件类型码: whose number id_number is
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +304,29 @@ class World:
         id_number = make_id_number(rng.choice(catalog.AREA_CODES), birth, sequence)
         political = rng.choices(("03", "13", "01", "02"), weights=(70, 18, 9, 3))[0]
         phone = f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}"
-        return Person(key, name, sex, birth, id_number, ethnicity, political, phone)
+        id_type, id_number = self._identity_document(key, id_number)
+        return Person(key, name, sex, birth, id_number, ethnicity, political, phone, id_type)
+
+    def _identity_document(self, key: str, resident_number: str) -> tuple[str, str]:
+        """Most people register with their resident identity card; students from Hong Kong,
+        Macao and Taiwan with their travel permits, and from abroad with a passport or permanent
+        residence card. Drawn on a stream of its own, so everything else about a person is the
+        same whichever document they hold."""
+        rng = random.Random(f"{self.seed}/document/{key}")
+        roll = rng.random()
+        odds = _STUDENT_DOCUMENTS if key.startswith("S") else _STAFF_DOCUMENTS
+        document = next((document for document, below in odds if roll < below), RESIDENT_ID)
+        if document == RESIDENT_ID:
+            return RESIDENT_ID, resident_number
+        digits = f"{rng.randrange(10**8):08d}"
+        number = {
+            "6": f"H{digits}",
+            "7": f"M{digits}",
+            "8": digits,
+            "9": f"{rng.choice(catalog.COUNTRY_CODES)}{rng.randrange(10**12):012d}",
+            "A": f"{rng.choice('EGKMPS')}{digits}",
+        }[document]
+        return document, number
 
     def student_person(self, index: int) -> Person:
         rng = random.Random(self._h(_PERSON, 0, index))

@@ -9,6 +9,7 @@
 | education_level      | GB/T 4658 学历代码 (level being studied)  |
 | professional_title   | GB/T 8561 专业技术职务代码                |
 | grade_band           | 五级制 bands; the code is the score a band counts as |
+| id_document_type     | 身份证件类型码 (JY/T 1001 教育管理基础代码)     |
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TABLES = (
     "education_level",
     "professional_title",
     "grade_band",
+    "id_document_type",
 )
 
 

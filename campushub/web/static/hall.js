@@ -563,7 +563,7 @@ function correctionsSection(corrections) {
 const DATA_GROUPS = { person: "个人信息 Person", student: "学籍 Student", staff: "人事 Staff", card: "一卡通 Campus card", fees: "缴费 Fees", grades: "成绩 Grades" };
 const DATA_LABELS = {
   "person.name": "姓名", "person.sex": "性别", "person.birth_date": "出生日期", "person.ethnicity": "民族",
-  "person.political_status": "政治面貌", "person.id_number": "身份证件号", "person.phone": "手机号码", "person.email": "电子邮箱",
+  "person.political_status": "政治面貌", "person.id_type": "证件类型", "person.id_number": "身份证件号", "person.phone": "手机号码", "person.email": "电子邮箱",
   "student.student_no": "学号", "student.college": "学院", "student.major": "专业", "student.class": "班级",
   "student.education_level": "培养层次", "student.entry_date": "入学年月", "student.status": "学籍状态",
   "staff.staff_no": "工号", "staff.department": "部门", "staff.position": "岗位", "staff.title": "职称",
