@@ -82,7 +82,7 @@ from campushub.models.record_checks import record_problems
 from campushub.models.service import AuditEntry
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import ClassGroup, Conflict, FieldProvenance, Major, OrgUnit, Person, Student
-from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
+from campushub.reference.identity import id_document_disagreement
 
 PROJECT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("CAMPUSHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -325,9 +325,7 @@ class BaselineApp:
                     value = number
                     flagged = flagged or bool(
                         number
-                        and id_document_disagreement(
-                            person["id_type"] or RESIDENT_ID, number, person["birth_date"], person["sex"]
-                        )
+                        and id_document_disagreement(person["id_type"], number, person["birth_date"], person["sex"])
                     )
                 else:
                     value = person[name]

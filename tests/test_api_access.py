@@ -842,6 +842,20 @@ def test_quarantined_payloads_are_masked_in_text_numbers_and_keys() -> None:
     assert masked["student_no"] == "202401010001" and masked["amount_fen"] == 1250
 
 
+def test_quarantined_permit_and_passport_numbers_are_masked_by_the_field_that_holds_them() -> None:
+    """A travel permit's or passport's number has no shape of its own: it is masked because the
+    source declares the field it sits in an ID number's."""
+    from campushub.graphql.steward import masked_payload
+
+    payload = {"SFZJLXM": "A", "SFZJH": "E12345678", "XH": "202401010001", "nested": {"idNumber": "H12345678"}}
+    assert masked_payload(payload) == {
+        "SFZJLXM": "A",
+        "SFZJH": "E1*****78",
+        "XH": "202401010001",
+        "nested": {"idNumber": "H1*****78"},
+    }
+
+
 @pytest.mark.parametrize(
     ("written", "shown"),
     [

@@ -26,7 +26,7 @@ from campushub.graphql.permissions import ROLES
 from campushub.graphql.prefill import PATHS, Filled, entities_of, fill, load_own, load_subjects
 from campushub.graphql.sqlite_writes import CHECKPOINT_THREAD
 from campushub.models.landing import QuarantinedRecord, SyncState
-from campushub.models.protect import decrypt_id
+from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.service import AuditEntry
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import (
@@ -170,7 +170,7 @@ class Rows:
     def _person(self, name: str, full_id_number: bool) -> Truth:
         if name == "id_number":
             number = decrypt_id(self.person["id_number_cipher"])
-            value = number if full_id_number else number[:3] + "*" * (len(number) - 7) + number[-4:]
+            value = number if full_id_number else mask_id(number)
         elif name == "id_type":  # the document comes with its number, from the same source
             value, name = self.person["id_type"], "id_number"
         else:

@@ -484,6 +484,9 @@ def test_id_numbers_are_encrypted_and_hashed_not_stored_plain() -> None:
     assert id_hash(number) == id_hash(number.lower()) and len(id_hash(number)) == 64
     assert number not in id_hash(number)
     assert mask_id(number) == "440***********7222"
+    # Another document's shorter number: never more than a quarter of it shown at either end.
+    masked = {"H12345678": "H1*****78", "12345678": "12****78", "VNM123456789012": "VNM********9012", "AB1": "***"}
+    assert {sent: mask_id(sent) for sent in masked} == masked
 
 
 @pytest.mark.parametrize(
@@ -976,20 +979,21 @@ def test_identity_documents_are_held_to_their_own_forms_and_reasons_never_repeat
     resident = "440802200403011236"
     assert id_document_problem(RESIDENT_ID, resident) is None
     valid = {
-        "6": ["H12345678", "H1234567890"],  # a Hong Kong resident's travel permit
-        "7": ["M12345678"],  # a Macao resident's
+        "6": ["H12345678", "H1234567890", "A123456(7)", "K12345678"],  # HK travel permit, identity card, passport
+        "7": ["M12345678", "1234567(8)"],  # a Macao resident's travel permit, identity card
         "8": ["12345678", "1234567890"],  # a Taiwan resident's
         "9": ["VNM123456789012", resident.replace("44", "93", 1)[:17] + "X"],  # 2017 and 2023 editions
         "A": ["E12345678", "K1234567", "G123456789012"],  # passports
-        "Z": ["ABC1234"],
+        "Z": ["ABC1234", "ABCDEFGHIJKLMNOPQR"],  # 18 characters, but not a card with a check digit
     }
     for document, numbers in valid.items():
         for number in numbers:
-            if len(number) == 18:  # the 2023 edition carries a check character
+            if document == "9" and len(number) == 18:  # the 2023 edition carries a check character
                 number = number[:17] + check_character(number[:17])
             assert id_document_problem(document, number) is None, (document, number)
     wrong = {
-        ("6", "M12345678"): "not the form of a document of type 6",  # a Macao permit named a Hong Kong one
+        ("6", "H1234"): "not the form of a document of type 6",
+        ("7", "H12345678"): "not the form of a document of type 7",  # a Hong Kong permit named a Macao one
         ("8", "1234567"): "not the form of a document of type 8",
         ("A", "e1234567"): "not the form of a document of type A",
         ("A", "E 1234567"): "not the form of a document of type A",
@@ -1014,7 +1018,7 @@ def test_a_record_names_its_document_and_one_that_names_none_holds_a_resident_nu
     nothing = student(A_STUDENT).identity
     assert passport is not None and resident is not None and nothing is not None
     assert (passport["id_type"], resident["id_type"], nothing["id_type"]) == ("A", "1", None)
-    assert passport["id_number_hash"] == id_hash("E12345678")
+    assert passport["id_number_hash"] == id_hash("E12345678", "A") != id_hash("E12345678")
     with pytest.raises(ValueError, match="is not a code of id_document_type"):
         student({**A_STUDENT, "SFZJLXM": "Q", "SFZJH": "E12345678"})
     member = {
@@ -1032,40 +1036,48 @@ def test_a_record_names_its_document_and_one_that_names_none_holds_a_resident_nu
 
 
 @DATABASES
-def test_a_persons_document_type_comes_with_the_number_that_won(database_kind: str, tmp_path: Path) -> None:
-    """The document type and its number are one fact: the golden record takes both from the
-    source whose number wins, never the type of one and the number of another."""
+def test_a_document_matches_only_the_same_kind_of_document(database_kind: str, tmp_path: Path) -> None:
+    """A staff member who is also a student registered their Hong Kong permit with both offices:
+    one person, the document with them. The same number as another kind of document (passports
+    of two countries may share one) is someone else, never merged."""
     from campushub.models.identity import resolve
 
-    permit = "H12345678"  # a Hong Kong resident's travel permit, which HR filed as a passport
-    records = {
-        "academic": Record("S1", {**A_STUDENT, "XH": "S1", "SFZJLXM": "6", "SFZJH": permit}),
-        "hr": Record(
-            "T1",
+    permit = "H12345678"
+
+    def member(no: str, id_type: str) -> Record:
+        return Record(
+            no,
             {
-                "staffNo": "T1",
+                "staffNo": no,
                 "name": "陈伟",
                 "gender": "男",
-                "idType": "A",
+                "idType": id_type,
                 "idNumber": permit,
                 "deptCode": "D01",
                 "hireDate": "2020/09/01",
                 "modifiedAt": "1767225600000",
             },
-        ),
+        )
+
+    records = {
+        ("academic", "students"): [Record("S1", {**A_STUDENT, "XH": "S1", "SFZJLXM": "6", "SFZJH": permit})],
+        ("hr", "staff"): [member("T1", "6"), member("T2", "A")],
     }
     with fresh_database(database_kind, tmp_path) as engine, _upgraded(engine).begin() as connection:
-        for source, record in records.items():
-            stream = "students" if source == "academic" else "staff"
+        for (source, stream), batch in records.items():
             result = LandingResult(source, stream, "run", "incremental", None)
-            land_batches(connection, source, stream, [Batch([record])], result)
+            land_batches(connection, source, stream, [Batch(batch)], result)
             unify(connection, MAPPINGS[(source, stream)], "run")
         resolve(connection)
-        identities = dict(connection.execute(select(SourceIdentity.source, SourceIdentity.id_type)).all())
-        people = connection.execute(select(Person.id_type, Person.id_number_cipher)).all()
-    assert identities == {"academic": "6", "hr": "A"}
-    ((id_type, cipher),) = people  # one person: the same number
-    assert (id_type, decrypt_id(cipher)) == ("6", permit)  # academic's number wins, and its type with it
+        rows = connection.execute(
+            select(SourceIdentity.source_key, SourceIdentity.person_id, Person.id_type, Person.id_number_cipher)
+            .join(Person, Person.id == SourceIdentity.person_id)
+            .order_by(SourceIdentity.source_key)
+        ).all()
+    people = {key: (person_id, id_type, decrypt_id(cipher)) for key, person_id, id_type, cipher in rows}
+    assert people["S1"] == people["T1"] == (people["S1"][0], "6", permit)
+    assert people["T2"][0] != people["S1"][0] and people["T2"][1:] == ("A", permit)
+    assert id_hash(permit, "6") != id_hash(permit, "A") != id_hash(permit)
 
 
 @DATABASES
@@ -1075,7 +1087,9 @@ def test_numbers_stored_before_document_types_were_kept_are_resident_numbers(
     with fresh_database(database_kind, tmp_path) as engine:
         upgrade(engine, "0014")
         with engine.begin() as connection:
-            for key, digest in (("S1", "h1"), ("S2", None)):
+            # S3: a person whose every source record left — the hash kept, the number gone.
+            for key, digest, number in (("S1", "h1", "440111200604257222"), ("S2", None, None), ("S3", "h3", None)):
+                cipher = encrypt_id(number) if number else None
                 connection.execute(
                     insert(SourceIdentity).values(
                         source="academic",
@@ -1083,12 +1097,59 @@ def test_numbers_stored_before_document_types_were_kept_are_resident_numbers(
                         role="student",
                         name="测试",
                         id_number_hash=digest,
+                        id_number_cipher=cipher,
                         row_hash="h",
                     )
                 )
-                connection.execute(insert(Person).values(name=key, id_number_hash=digest))
+                connection.execute(insert(Person).values(name=key, id_number_hash=digest, id_number_cipher=cipher))
         upgrade(engine)
         with engine.connect() as connection:
             identities = dict(connection.execute(select(SourceIdentity.source_key, SourceIdentity.id_type)).all())
             people = dict(connection.execute(select(Person.name, Person.id_type)).all())
-    assert identities == people == {"S1": "1", "S2": None}
+    assert identities == people == {"S1": "1", "S2": None, "S3": None}
+
+
+@DATABASES
+def test_a_record_gone_before_a_reconcile_pull_started_again_is_marked_deleted(
+    database_kind: str, tmp_path: Path
+) -> None:
+    """The first pull landed a changed S2; S2 was deleted, the pages shifted and the pull started
+    again without it. What this run landed in the abandoned pull says nothing of what is there."""
+    from campushub.models.ingest import land_stream
+    from campushub.models.unify import mark_deleted
+
+    mapping = MAPPINGS[("academic", "students")]
+
+    def student(no: str, phone: str) -> Record:
+        return Record(no, {**A_STUDENT, "XH": no, "SJHM": phone})
+
+    class Pages:
+        name = "academic"
+
+        def __init__(self, *batches: Batch) -> None:
+            self.batches = batches
+
+        def read(self, stream: str, cursor: str | None = None) -> Iterator[Batch]:
+            yield from self.batches
+
+    with fresh_database(database_kind, tmp_path) as engine:
+        upgrade(engine)
+        land_stream(
+            engine, Pages(Batch([student("S1", "13800138001"), student("S2", "13800138002")])), "students", "r1"
+        )
+        with engine.begin() as connection:
+            unify(connection, mapping, "r1")
+        changed = Batch([student("S1", "13800138001"), student("S2", "13900139002")], pull=1)
+        again = Batch([student("S1", "13800138001")], pull=2)
+        result = land_stream(
+            engine,
+            Pages(changed, again),
+            "students",
+            "reconcile",
+            reconcile=lambda connection, keys: mark_deleted(connection, mapping, keys),
+        )
+        with engine.connect() as connection:
+            gone = connection.execute(
+                select(mapping.table.c.student_no).where(mapping.table.c.deleted_at.is_not(None))
+            ).scalars()
+            assert (result.deleted, list(gone)) == (1, ["S2"])

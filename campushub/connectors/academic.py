@@ -32,7 +32,6 @@ STREAMS = {
             id_numbers={"SFZJH": "SFZJLXM"},
             codes={
                 "XBM": "sex",
-                "SFZJLXM": "id_document_type",
                 "MZM": "ethnicity",
                 "ZZMMM": "political_status",
                 "XJZTM": "student_status",

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 
 from campushub.reference.codes import code_table
-from campushub.reference.identity import RESIDENT_ID, id_document_problem, id_number_problem
+from campushub.reference.identity import DOCUMENT_TYPES, RESIDENT_ID, id_document_problem, id_number_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -240,8 +240,8 @@ class StreamSpec:
     key: tuple[str, ...]
     required: tuple[str, ...] = ()
     dates: Mapping[str, str] = field(default_factory=dict)  # field -> strptime format
-    # ID number field -> the field naming its document type (JY/T 1001); a record that names
-    # none holds a resident identity number.
+    # ID number field -> the field naming its document type, a code of JY/T 1001's table (checked
+    # as any code is); a record that names none holds a resident identity number.
     id_numbers: Mapping[str, str] = field(default_factory=dict)
     codes: Mapping[str, str | frozenset[str]] = field(default_factory=dict)  # field -> table or values
     integers: tuple[str, ...] = ()  # e.g. money in fen, sent as strings of digits
@@ -257,8 +257,9 @@ class StreamSpec:
 
     @cached_property
     def _code_domains(self) -> tuple[tuple[str, Container[str]], ...]:
+        codes = {**{kind: DOCUMENT_TYPES for kind in self.id_numbers.values()}, **self.codes}
         return tuple(
-            (name, code_table(domain) if isinstance(domain, str) else domain) for name, domain in self.codes.items()
+            (name, code_table(domain) if isinstance(domain, str) else domain) for name, domain in codes.items()
         )
 
     @cached_property
@@ -310,9 +311,9 @@ def _compile_checker(spec: StreamSpec) -> Callable[[Mapping[str, Any]], list[str
         for name, kind_field in id_numbers:
             value = get(name)
             if value not in _EMPTY:
-                kind = get(kind_field)
-                kind = RESIDENT_ID if kind in _EMPTY else str(kind)
-                problem = id_document_problem(kind, value) if isinstance(value, str) else "id number: not a string"
+                problem = (
+                    id_document_problem(get(kind_field), value) if isinstance(value, str) else "id number: not a string"
+                )
                 if problem:
                     found.append(f"{name}: {problem}")
         for name, allowed in codes:
@@ -357,7 +358,7 @@ def _dates_valid(fmt: str) -> Callable[[Column], bool]:
     return dates
 
 
-_RESIDENT_KINDS = frozenset((RESIDENT_ID, *_EMPTY))
+_RESIDENT_KINDS = frozenset((RESIDENT_ID, *_EMPTY))  # what `document_type` reads as a resident card
 
 
 def _id_numbers_valid(numbers: Column, kinds: Column) -> bool:
@@ -367,9 +368,7 @@ def _id_numbers_valid(numbers: Column, kinds: Column) -> bool:
     if _RESIDENT_KINDS.issuperset(kinds):  # the usual page: resident identity numbers alone
         return not any(map(id_number_problem, values))
     return not any(
-        id_document_problem(RESIDENT_ID if kind in _EMPTY else str(kind), number)
-        for number, kind in zip(numbers, kinds, strict=True)
-        if number not in _EMPTY
+        id_document_problem(kind, number) for number, kind in zip(numbers, kinds, strict=True) if number not in _EMPTY
     )
 
 

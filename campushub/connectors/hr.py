@@ -50,7 +50,6 @@ STREAMS = {
             id_numbers={"idNumber": "idType"},
             codes={
                 "gender": frozenset(SEX_TEXT),
-                "idType": "id_document_type",
                 # HR sends the standard's names, not its codes.
                 "ethnicity": frozenset(entry.name for entry in code_table("ethnicity").values()),
                 "politicalStatus": frozenset(entry.name for entry in code_table("political_status").values()),

@@ -72,7 +72,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_table
-from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
+from campushub.reference.identity import DOCUMENT_TYPES, id_document_disagreement
 from campushub.reference.source_codes import CARD_STATUS_HELD
 
 PASS_SCORE = 60
@@ -171,7 +171,7 @@ def _id_number(records: Records) -> Outcome:
     except InvalidToken:
         return Missing("身份证件号无法解密，请联系数据管理员 (stored ID number unreadable; a steward is needed)")
     notes = list(records.notes["person"])
-    verdict = id_document_disagreement(person["id_type"] or RESIDENT_ID, number, person["birth_date"], person["sex"])
+    verdict = id_document_disagreement(person["id_type"], number, person["birth_date"], person["sex"])
     if verdict:
         notes.append(verdict)
     shown = number if records.show_full_id_number else mask_id(number)
@@ -194,7 +194,7 @@ def _id_type(records: Records) -> Outcome:
     provenance = records.provenance.get("id_number")
     return Filled(
         person["id_type"],
-        _code("id_document_type", person["id_type"]) or person["id_type"],
+        _code(DOCUMENT_TYPES, person["id_type"]) or person["id_type"],
         source=provenance["source"] if provenance else "hub",
         source_key=provenance["source_key"] if provenance else str(person["id"]),
         as_of=provenance["as_of"] if provenance else person["updated_at"],

@@ -196,7 +196,7 @@ class AccessLog(graphene.ObjectType):
 
 # The "my data" view is a form over every path the caller's role may read about themselves.
 MY_DATA_PATHS = {
-    "person": ("name", "sex", "birth_date", "ethnicity", "political_status", "id_number", "phone", "email"),
+    "person": ("name", "sex", "birth_date", "ethnicity", "political_status", "id_type", "id_number", "phone", "email"),
     "student": ("student_no", "college", "major", "class", "education_level", "entry_date", "status"),
     "staff": ("staff_no", "department", "position", "title", "hire_date", "employment_status"),
     "card": ("card_no", "status", "balance"),

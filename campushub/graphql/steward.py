@@ -12,12 +12,14 @@ import itertools
 import re
 import unicodedata
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 import graphene
 from graphql import GraphQLError, GraphQLResolveInfo
 from sqlalchemy import func, select, update
 
+from campushub.connectors import SOURCES, source_class
 from campushub.graphql.context import Forbidden, RequestContext
 from campushub.graphql.limits import bad_input, bounded_text, parse_key
 from campushub.graphql.records import PageInfo, encode_cursor, page
@@ -63,9 +65,18 @@ def require_steward(context: RequestContext) -> None:
         raise Forbidden("steward views are for data stewards")
 
 
+@cache
+def _id_number_fields() -> frozenset[str]:
+    """The fields the sources declare ID numbers in: a travel permit's or passport's number has
+    no shape of its own to be recognised by."""
+    return frozenset(
+        field for name in SOURCES for spec in source_class(name).streams.values() for field in spec.id_numbers
+    )
+
+
 def masked_payload(value: Any) -> Any:
     """A payload with every ID-number- and phone-shaped value masked, however deep it sits: in
-    text, in a number, in a key."""
+    text, in a number, in a key — and every value of a field declared to hold an ID number."""
     if isinstance(value, dict):
         return _masked_dict(value)
     if isinstance(value, list):
@@ -92,7 +103,10 @@ def _masked_dict(value: Mapping[Any, Any]) -> dict[Any, Any]:
         shown = masked_payload(key)
         if shown in masked:
             shown = next(candidate for n in itertools.count(2) if (candidate := f"{shown} ({n})") not in masked)
-        masked[shown] = masked_payload(item)
+        shown_item = masked_payload(item)
+        if shown_item == item and key in _id_number_fields() and isinstance(item, str | int):
+            shown_item = mask_id(str(item))  # a permit's or passport's number: masked by where it is
+        masked[shown] = shown_item
     return masked
 
 

@@ -604,7 +604,9 @@ def land_stream(
             )
             # A keyless broken record could be any record: then nothing can be called deleted.
             if reconcile is not None and seen is not None and not result.keyless:
-                result.deleted = reconcile(connection, seen | _landed_after(connection, source, stream, landed_before))
+                result.deleted = reconcile(
+                    connection, seen | _landed_after(connection, source, stream, landed_before, run_id)
+                )
             refresh_grown_statistics(connection)
             _save_cursor(connection, source, stream, result.cursor_after or state, run_id)
             result.seconds = time.perf_counter() - started
@@ -617,9 +619,10 @@ def land_stream(
     return result
 
 
-def _landed_after(connection: Connection, source: str, stream: str, raw_id: int) -> set[str]:
-    """The keys of `stream` landed after raw record `raw_id`, by this run or by any other."""
-    landed = landed_records(source, stream, "source_key", after=raw_id)
+def _landed_after(connection: Connection, source: str, stream: str, raw_id: int, run_id: str) -> set[str]:
+    """The keys of `stream` that other runs landed after raw record `raw_id`. Not this run's: a
+    key it landed in a pull it started again is present only if the pull that finished saw it."""
+    landed = landed_records(source, stream, "source_key", after=raw_id).where(RawRecord.run_id != run_id)
     return {key for key in connection.execute(landed).scalars() if key is not None}
 
 

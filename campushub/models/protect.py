@@ -15,6 +15,7 @@ from functools import cache
 from cryptography.fernet import Fernet
 
 from campushub.models.secrets import secret
+from campushub.reference.identity import RESIDENT_ID
 
 
 @cache
@@ -42,10 +43,17 @@ def decrypt_id(cipher: bytes) -> str:
     return _fernet().decrypt(cipher).decode()
 
 
-def id_hash(id_number: str) -> str:
-    return hmac.new(_hash_key(), id_number.upper().encode(), hashlib.sha256).hexdigest()
+def id_hash(id_number: str, id_type: str = RESIDENT_ID) -> str:
+    """The keyed hash people are matched by. Another document's number is hashed with its type:
+    passports of two countries, or a passport and a permit, may share a number."""
+    matched = id_number.upper() if id_type == RESIDENT_ID else f"{id_type}:{id_number.upper()}"
+    return hmac.new(_hash_key(), matched.encode(), hashlib.sha256).hexdigest()
 
 
 def mask_id(id_number: str) -> str:
-    """First 3 and last 4 characters shown: 440***********1234."""
-    return id_number[:3] + "*" * (len(id_number) - 7) + id_number[-4:]
+    """A resident identity number's first 3 and last 4 characters shown: 440***********1234. Of
+    a shorter document's number, at most a quarter at either end, so most of it stays hidden:
+    H1*****78 for a travel permit."""
+    length = len(id_number)
+    lead, tail = min(3, length // 4), min(4, (length + 1) // 4) if length >= 4 else 0
+    return id_number[:lead] + "*" * (length - lead - tail) + id_number[length - tail :]

@@ -33,7 +33,7 @@ from campushub.models.landing import SyncState
 from campushub.models.protect import decrypt_id
 from campushub.models.unified import ROLE_TABLES, Person
 from campushub.reference.codes import code_table
-from campushub.reference.identity import RESIDENT_ID, id_document_disagreement
+from campushub.reference.identity import DOCUMENT_TYPES, id_document_disagreement
 
 # ------------------------------------------------------------------------- declared rules
 SAMPLE = 10  # failing keys shown per rule: enough for a steward to start, never a data dump
@@ -122,7 +122,7 @@ TABLE_RULES: dict[str, TableRules] = {
             "sex": "sex",
             "ethnicity": "ethnicity",
             "political_status": "political_status",
-            "id_type": "id_document_type",
+            "id_type": DOCUMENT_TYPES,
         },
         formats={"phone": "phone", "email": "email"},
     ),
@@ -830,7 +830,7 @@ def id_number_problems(connection: Connection, chunk: int = 5000) -> Outcome:
         except InvalidToken:
             problem: str | None = "id number: cannot be decrypted with the current key"
         else:
-            problem = id_document_disagreement(id_type or RESIDENT_ID, number, birth_date, sex)
+            problem = id_document_disagreement(id_type, number, birth_date, sex)
         if problem:
             counts[problem] += 1
             if len(samples) < SAMPLE:

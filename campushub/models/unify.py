@@ -55,7 +55,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_by_name
-from campushub.reference.identity import RESIDENT_ID
+from campushub.reference.identity import DOCUMENT_TYPES, document_type
 from campushub.reference.source_codes import BILL_STATUS, CARD_HOLDER_KIND
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -94,18 +94,23 @@ class Mapping:
 
 # ---------------------------------------------------------------------------- mappers
 def _document_type(sent: Any) -> str:
-    """A number whose document is not named is a resident identity number: the connectors
-    hold it to that document's rules."""
-    return RESIDENT_ID if sent in (None, "") else norm.code("id_document_type", str(sent))
+    """The ID number's document, a code of its table (the connectors held the number to it)."""
+    return norm.code(DOCUMENT_TYPES, document_type(sent))
 
 
 def _person_fields(name: str, phone: str | None, id_number: str | None = None, id_type: Any = None) -> dict[str, Any]:
     usable = _phone(phone) if phone else None
+    document = {"id_type": None, "id_number_hash": None, "id_number_cipher": None}
+    if id_number:
+        kind = _document_type(id_type)
+        document = {
+            "id_type": kind,
+            "id_number_hash": id_hash(id_number, kind),
+            "id_number_cipher": encrypt_id(id_number),
+        }
     return {
         "name": norm.person_name(name),
-        "id_type": _document_type(id_type) if id_number else None,
-        "id_number_hash": id_hash(id_number) if id_number else None,
-        "id_number_cipher": encrypt_id(id_number) if id_number else None,
+        **document,
         "phone": usable,
         "phone_unusable": _as_sent(phone) if phone and usable is None else None,
     }

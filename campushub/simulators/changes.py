@@ -59,6 +59,8 @@ ON_REQUEST_KINDS: dict[str, int] = {
     "late_payment": 1,  # a bill paid by bank transfer, recorded now with the day it was paid
 }
 # How long before it is recorded a late-posted payment was made: bank transfers settle in days.
+# Within the three days the finance connector reaches back (its POSTING_LAG), as the finance
+# office promises; a payment posted later than that is for the `payments_held` check to find.
 LATE_POSTING = (dt.timedelta(hours=2), dt.timedelta(hours=60))
 _PROMOTIONS = {"014": "013", "013": "012", "012": "011", "083": "082", "082": "081", "093": "092", "092": "091"}
 _STATUS_MOVES = {"01": ("02", "03"), "02": ("05",), "05": ("02",), "13": ("01",), "03": ("03",)}

@@ -236,7 +236,9 @@ def create_app(world: World, settings: SimulatorSettings, faults: FaultSettings,
             # Read under the changes' lock, a microsecond back: every payment recorded so far is
             # stamped before it (a burst waits, holding the lock, until its stamps are past) and
             # every later one after it, so it can serve as the next sync's `paid_since` without
-            # losing or repeating anything. Sent with all its digits for the same reason.
+            # losing or repeating anything — but for a late-posted payment (`late_payment`),
+            # stamped with the day it was paid, which a pull finds only by reaching back. Sent
+            # with all its digits for the same reason.
             with world.changes.lock:
                 until = dt.datetime.now(CST) - dt.timedelta(microseconds=1)
         page: list[Payment] = []

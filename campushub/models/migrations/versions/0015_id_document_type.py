@@ -5,7 +5,8 @@ Kong, Macao or Taiwan registered with a travel permit, or a foreign student or m
 with a passport, was quarantined at each sync and never reached the service hall. Sources now
 send the document type beside the number (JY/T 1001's 身份证件类型码) and both are kept:
 `id_type`, one character. Every number stored before this revision passed the resident
-identity number's rules, so those rows are type 1.
+identity number's rules, so the rows that hold one are type 1 (a person whose every source
+record left keeps no number, and gets no type).
 
 Revision ID: 0015
 Revises: 0014
@@ -31,7 +32,7 @@ def upgrade() -> None:
         with op.batch_alter_table(table, schema=None) as batch_op:
             batch_op.add_column(sa.Column("id_type", sa.String(length=1), nullable=True))
         op.execute(
-            sa.text(f"UPDATE {table} SET id_type = :resident WHERE id_number_hash IS NOT NULL").bindparams(
+            sa.text(f"UPDATE {table} SET id_type = :resident WHERE id_number_cipher IS NOT NULL").bindparams(
                 resident=RESIDENT_ID
             )
         )
