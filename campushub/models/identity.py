@@ -337,14 +337,7 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
             winner, why = choose("person", name, candidates)
             values[column] = winner.value if winner else None
             if name == "id_number":  # the document comes with its number, from the same source
-                values["id_type"] = next(
-                    (
-                        m.id_type
-                        for m in members
-                        if winner and (m.source, m.source_key) == (winner.source, winner.source_key)
-                    ),
-                    None,
-                )
+                values["id_type"] = _document_of(members, winner)
             if winner is None:
                 continue
             provenance.append(
@@ -366,6 +359,13 @@ def _survive_persons(connection: Connection, person_ids: list[int], result: Reso
     bulk_update(connection, Person.__table__, ("id",), person_updates)
     result.persons_updated += len(person_updates)
     bulk_upsert(connection, FieldProvenance.__table__, ("entity", "entity_id", "field"), provenance, update=True)
+
+
+def _document_of(members: list[Row[Any]], number: Candidate | None) -> str | None:
+    """The type of the document whose number won: the member's that sent it."""
+    if number is None:
+        return None
+    return next(m.id_type for m in members if (m.source, m.source_key) == (number.source, number.source_key))
 
 
 def _log_disagreement(
