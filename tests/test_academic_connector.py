@@ -161,6 +161,24 @@ def test_students_registered_with_other_documents_pass_and_a_number_of_the_wrong
         assert spec.clean_page_keys([*rows[:5], row]) is None, case  # the page goes record by record
 
 
+def test_an_id_number_written_another_way_is_read_as_its_document_prints_it(simulators: SimulatorCluster) -> None:
+    """A lower-case x, full-width digits from a Chinese input method, the card's gaps typed as
+    spaces: the same number, not a malformed record."""
+    spec = STREAMS["students"]
+    rows = [record.data for batch in pull(simulators, "students", page_size=1000) for record in batch.records]
+    resident = next(row for row in rows if row["SFZJLXM"] == "1" and row["SFZJH"].endswith("X"))
+    number = resident["SFZJH"]
+    written = {
+        "lower case": number.lower(),
+        "full width": "".join(chr(ord(c) + 0xFEE0) for c in number),
+        "with gaps": f" {number[:6]} {number[6:14]} {number[14:]} ",
+    }
+    for case, value in written.items():
+        row = {**resident, "SFZJH": value}
+        assert spec.problems(row) == [], case
+        assert spec.clean_page_keys([row]) is None  # the page goes record by record
+
+
 def test_a_deletion_mid_pull_starts_the_pull_again_and_no_record_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
     """A deletion is not pinned to the pull's first page: it shifts the later pages by a record,
     and one record would cross a page boundary unread. The moved total gives it away."""

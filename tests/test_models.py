@@ -1019,6 +1019,10 @@ def test_a_record_names_its_document_and_one_that_names_none_holds_a_resident_nu
     assert passport is not None and resident is not None and nothing is not None
     assert (passport["id_type"], resident["id_type"], nothing["id_type"]) == ("A", "1", None)
     assert passport["id_number_hash"] == id_hash("E12345678", "A") != id_hash("E12345678")
+    # Stored as the document prints it: a lower-case x, full-width digits and gaps typed as spaces.
+    written = student({**A_STUDENT, "SFZJH": "４４０１１１ 20060425 722x"}).identity
+    assert written is not None and decrypt_id(written["id_number_cipher"]) == "44011120060425722X"
+    assert written["id_number_hash"] == id_hash("44011120060425722X")
     with pytest.raises(ValueError, match="is not a code of id_document_type"):
         student({**A_STUDENT, "SFZJLXM": "Q", "SFZJH": "E12345678"})
     member = {

@@ -27,7 +27,13 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 
 from campushub.reference.codes import code_table
-from campushub.reference.identity import DOCUMENT_TYPES, RESIDENT_ID, id_document_problem, id_number_problem
+from campushub.reference.identity import (
+    DOCUMENT_TYPES,
+    RESIDENT_ID,
+    id_document_problem,
+    id_number_as_written,
+    id_number_problem,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -312,7 +318,9 @@ def _compile_checker(spec: StreamSpec) -> Callable[[Mapping[str, Any]], list[str
             value = get(name)
             if value not in _EMPTY:
                 problem = (
-                    id_document_problem(get(kind_field), value) if isinstance(value, str) else "id number: not a string"
+                    id_document_problem(get(kind_field), id_number_as_written(value))
+                    if isinstance(value, str)
+                    else "id number: not a string"
                 )
                 if problem:
                     found.append(f"{name}: {problem}")
@@ -362,6 +370,8 @@ _RESIDENT_KINDS = frozenset((RESIDENT_ID, *_EMPTY))  # what `document_type` read
 
 
 def _id_numbers_valid(numbers: Column, kinds: Column) -> bool:
+    """The page's numbers as sent: one written another way (a lower-case x) sends the page to
+    `problems`, which reads each number as its document prints it."""
     values = _present(numbers)
     if not _all_of_type(values, str):
         return False

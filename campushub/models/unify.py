@@ -55,7 +55,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_by_name
-from campushub.reference.identity import DOCUMENT_TYPES, document_type
+from campushub.reference.identity import DOCUMENT_TYPES, document_type, id_number_as_written
 from campushub.reference.source_codes import BILL_STATUS, CARD_HOLDER_KIND
 
 CST = dt.timezone(dt.timedelta(hours=8))
@@ -102,7 +102,7 @@ def _person_fields(name: str, phone: str | None, id_number: str | None = None, i
     usable = _phone(phone) if phone else None
     document = {"id_type": None, "id_number_hash": None, "id_number_cipher": None}
     if id_number:
-        kind = _document_type(id_type)
+        kind, id_number = _document_type(id_type), id_number_as_written(id_number)
         document = {
             "id_type": kind,
             "id_number_hash": id_hash(id_number, kind),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 from functools import lru_cache
 from operator import mul
 
@@ -93,6 +94,12 @@ def id_number_disagreement(number: str, birth_date: dt.date | None, sex: str | N
     elif problem is None and sex in ("1", "2") and sex_code_of(number) != sex:
         problem = "id number: sex digit disagrees with the record"
     return problem
+
+
+def id_number_as_written(value: str) -> str:
+    """An ID number as its document prints it: people type a resident number's X in lower case,
+    full-width digits from a Chinese input method, a space where the card has a gap."""
+    return "".join(unicodedata.normalize("NFKC", value).split()).upper()
 
 
 def id_document_problem(sent_type: object, value: str) -> str | None:
