@@ -807,20 +807,14 @@ def test_bills_the_held_payments_fall_short_of_are_warned_of_with_the_amount_mis
     engine = layer.engine
     with engine.connect() as connection:
         assert quality.unaccounted_bill_payments(connection).passed  # the stand-ins' payments add up
-        instalments = connection.execute(
-            text(
-                """SELECT b.bill_no, b.paid_fen, MIN(p.payment_no), COUNT(*) FROM fee_bill b
-                   JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.paid_fen
-                   HAVING COUNT(*) = 2 ORDER BY b.bill_no LIMIT 1"""
-            )
-        ).one()
-        single = connection.execute(
-            text(
-                """SELECT b.bill_no, b.paid_fen, MIN(p.payment_no) FROM fee_bill b
-                   JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.paid_fen
-                   HAVING COUNT(*) = 1 ORDER BY b.bill_no LIMIT 1"""
-            )
-        ).one()
+        # (bill, paid, its first payment) of the first bill paid in `count` payments
+        paid_in = text(
+            """SELECT b.bill_no, b.paid_fen, MIN(p.payment_no) FROM fee_bill b
+               JOIN payment p ON p.bill_no = b.bill_no GROUP BY b.bill_no, b.paid_fen
+               HAVING COUNT(*) = :count ORDER BY b.bill_no LIMIT 1"""
+        )
+        instalments = connection.execute(paid_in, {"count": 2}).one()
+        single = connection.execute(paid_in, {"count": 1}).one()
         first_share = scalar(engine, f"SELECT amount_fen FROM payment WHERE payment_no = '{instalments[2]}'")
     # One instalment of a bill not pulled yet, and the only payment of another gone from the hub.
     gone = [instalments[2], single[2]]
