@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, RowMapping, delete, event, func, insert, select, update
 
+from campushub.graphql.app import ApiSettings, api_engine
 from campushub.graphql.auth import Principal
 from campushub.graphql.coverage import FILLABLE, POPULATION, coverage
 from campushub.graphql.forms import Form, FormField, catalog
@@ -44,7 +45,7 @@ from campushub.models.unified import (
     Student,
 )
 from campushub.reference.codes import code_table
-from tests.api_support import Api, ApiHub
+from tests.api_support import Api, ApiHub, ApiServer
 
 FORMS = sorted(catalog())
 PREFILL = """query($form: ID!) { prefill(formId: $form) {
@@ -422,32 +423,31 @@ def test_a_prefill_of_ones_own_record_costs_two_statements(hub_api: ApiHub) -> N
 def test_a_prefill_leaves_sqlite_the_statements_it_compiled(hub_api: ApiHub) -> None:
     """No PRAGMA runs with a prefill but its deadline's busy timeout: a flag PRAGMA — as
     SQLAlchemy's reset of an isolation level at check-in — expires every statement SQLite has
-    compiled on the connection, and the next prefill would compile its statement anew."""
+    compiled on the connection, and the next prefill would compile its statement anew. Served
+    by an app of its own, whose every connection is traced from the start (the shared app's
+    workers keep theirs), after a first prefill has set its connections up."""
     if hub_api.engine.dialect.name != "sqlite":
         pytest.skip("a PostgreSQL session's prepared statements outlive such settings")
     form = catalog()["enrollment_certificate"]
-    api = hub_api.as_principal(user_for(hub_api, form))
     executed: list[str] = []
+    recording = threading.Event()
 
     def trace(statement: str) -> None:
         # Not the request's: a background thread checkpoints the log after writes.
-        if threading.current_thread().name != CHECKPOINT_THREAD:
+        if recording.is_set() and threading.current_thread().name != CHECKPOINT_THREAD:
             executed.append(statement)
 
-    def traced(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.set_trace_callback(trace)
-
-    def untraced(dbapi_connection: Any, *_: Any) -> None:
-        dbapi_connection.set_trace_callback(None)
-
-    event.listen(hub_api.engine, "checkout", traced)
-    event.listen(hub_api.engine, "checkin", untraced)
+    engine = api_engine(hub_api.engine.url.render_as_string(hide_password=False))
+    event.listen(engine, "connect", lambda dbapi_connection, _: dbapi_connection.set_trace_callback(trace))
     try:
-        for _ in range(2):
+        with ApiServer(engine, ApiSettings()) as server:
+            api = Api(server.url, user_for(hub_api, form))
             prefill(api, form.id)
+            recording.set()
+            for _ in range(2):
+                prefill(api, form.id)
     finally:
-        event.remove(hub_api.engine, "checkout", traced)
-        event.remove(hub_api.engine, "checkin", untraced)
+        engine.dispose()
     assert sum(statement.startswith("SELECT person.id") for statement in executed) == 2, executed
     pragmas = [statement for statement in executed if statement.upper().startswith("PRAGMA")]
     assert pragmas and all(pragma.startswith("PRAGMA busy_timeout=") for pragma in pragmas), pragmas

@@ -254,6 +254,9 @@ class GraphQLApp:
         self._checkpoints = Checkpoints(engine) if sqlite_file else None
         self._query_audit = TurnWriter(self._write_audit_rows)
         self._audit = HeldConnection(engine)  # used on the event loop's thread only, as audit writes run there
+        # Queries that run on the event loop read one after another: on one connection, kept.
+        # (`reading_only` puts it in autocommit on PostgreSQL; on SQLite it stays as the pool's are.)
+        self._reads = HeldConnection(engine, autocommit=False)
 
     def _run(
         self, audit: AuditTrail, principal: Principal, document: DocumentNode, variables: dict | None, name: str | None
@@ -280,7 +283,8 @@ class GraphQLApp:
     ) -> tuple[dict[str, Any], list[dict]]:
         request_id = audit.request_id
         reads = reading_only if query else contextlib.nullcontext  # a query's audit rows are written apart
-        with self.engine.connect() as connection, deadline(connection, REQUEST_TIMEOUT_S), reads(connection):
+        connect = self._reads.use if query and self.executor.inline else self.engine.connect
+        with connect() as connection, deadline(connection, REQUEST_TIMEOUT_S), reads(connection):
             context = RequestContext(principal, connection, audit, request_id, self.settings.development)
             result = execute(
                 self.schema,
@@ -340,8 +344,9 @@ class GraphQLApp:
             log.exception("request %s: its refusals could not be written to the audit log", audit.request_id)
 
     def close(self) -> None:
-        """Gives back the connection the worker keeps (at shutdown)."""
+        """Gives back the connections the worker keeps (at shutdown)."""
         self._audit.close()
+        self._reads.close()
 
     def _write_audit(self, write: Callable[[], Any]) -> None:
         try:

@@ -14,11 +14,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import Connection, Dialect
 
-from campushub.models.engine import execute_built
 from campushub.models.service import AuditEntry
 
 ALLOWED, DENIED = "allowed", "denied"
@@ -90,20 +89,40 @@ def write_rows(connection: Connection, rows: list[dict]) -> None:
     stalling the other API workers' audit writes."""
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start : start + ROWS_PER_STATEMENT]
-        parameters = {f"{name}_{n}": value for n, row in enumerate(chunk) for name, value in row.items()}
-        execute_built(connection, _insert_of(len(chunk), tuple(chunk[0])), parameters)
+        insert = _insert_of(connection.dialect, len(chunk), tuple(chunk[0]))
+        connection.exec_driver_sql(insert.sql, insert.parameters(chunk))
+
+
+class _Insert(NamedTuple):
+    sql: str  # in the driver's own placeholders
+    # Each column, with its conversion on the way in as SQLAlchemy would apply it (`UTCDateTime`'s
+    # normalising to UTC, JSON's encoding); None where the driver takes the value as it is.
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+    def parameters(self, rows: list[dict]) -> tuple[Any, ...]:
+        return tuple(
+            row[name] if process is None else process(row[name]) for row in rows for name, process in self.columns
+        )
+
+
+# The driver's positional placeholder, by the paramstyle SQLAlchemy's dialect declares for it.
+PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
 
 
 @lru_cache(maxsize=128)  # the batch sizes a worker meets, and a department page's
-def _insert_of(count: int, names: tuple[str, ...]) -> TextClause:
-    """An INSERT of `count` rows of the columns `names`, a typed parameter for each value: built
-    and compiled once per count. (SQLAlchemy compiles a multi-row `insert().values()` afresh on
-    every execution: at 800 requests a second that was a tenth of the API's time.)"""
-    columns = [AuditEntry.__table__.c[name] for name in names]
-    rows = ", ".join("(" + ", ".join(f":{name}_{n}" for name in names) + ")" for n in range(count))
-    return text(f"INSERT INTO {AuditEntry.__tablename__} ({', '.join(names)}) VALUES {rows}").bindparams(
-        *(bindparam(f"{column.name}_{n}", type_=column.type) for n in range(count) for column in columns)
-    )
+def _insert_of(dialect: Dialect, count: int, names: tuple[str, ...]) -> _Insert:
+    """An INSERT of `count` rows of the columns `names`, written once per dialect and count and
+    sent as the driver's own SQL with positional values. (Through SQLAlchemy's compiled form an
+    audit write cost 292,000 instructions, and as the driver's SQL 183,000 — at 800 requests a
+    second, a write per request. SQLAlchemy compiles a multi-row `insert().values()` afresh on
+    every execution: that had been a tenth of the API's time.)"""
+    placeholder = PLACEHOLDERS.get(dialect.paramstyle)
+    if placeholder is None:
+        raise ValueError(f"audit rows are written for qmark and format paramstyles, not {dialect.paramstyle}")
+    row = "(" + ", ".join([placeholder] * len(names)) + ")"
+    sql = f"INSERT INTO {AuditEntry.__tablename__} ({', '.join(names)}) VALUES {', '.join([row] * count)}"
+    types = [AuditEntry.__table__.c[name].type.dialect_impl(dialect) for name in names]
+    return _Insert(sql, tuple((name, kind.bind_processor(dialect)) for name, kind in zip(names, types, strict=True)))
 
 
 class _Waiting(NamedTuple):

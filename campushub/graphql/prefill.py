@@ -787,11 +787,17 @@ def load_own(
     return person_id, found
 
 
+@cache
+def _own_student_columns() -> tuple[tuple[str, str], ...]:
+    """(name in a student row, label in the persons statement), for each column `_own_student` takes."""
+    names = [column.name for column in _read(_OWN_STUDENT, "student")]
+    own = [(name, _OWN_STUDENT_PREFIX + name) for name in (*names, "quarantined")]
+    return (*own, *((name, name) for name in ("college_name", "major_name", "class_name")))
+
+
 def _own_student(row: RowMapping) -> dict[str, Any]:
     """A student row as `_students` reads it, from the columns it had in the persons statement."""
-    names = [column.name for column in _read(_OWN_STUDENT, "student")]
-    student = {name: row[_OWN_STUDENT_PREFIX + name] for name in (*names, "quarantined")}
-    return student | {name: row[name] for name in ("college_name", "major_name", "class_name")}
+    return {name: row[label] for name, label in _own_student_columns()}
 
 
 def _take_persons(records: dict[int, Records], rows: Iterable[RowMapping]) -> None:

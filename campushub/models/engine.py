@@ -120,7 +120,8 @@ def reading_only(connection: Connection) -> Iterator[Connection]:
 
     A write inside the block would commit at once on PostgreSQL but be rolled back at check-in
     on SQLite, silently: on SQLite the block refuses one that it finds still open at its end."""
-    if connection.dialect.name == "postgresql":
+    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    if connection.dialect.name == "postgresql" and not autocommit:  # (a connection kept for reads already is)
         connection.execution_options(isolation_level="AUTOCOMMIT")
     yield connection
     if connection.dialect.name == "sqlite" and connection.connection.driver_connection.in_transaction:
