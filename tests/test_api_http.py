@@ -840,10 +840,10 @@ def _another_writer_holding_the_audit_log(hub: ApiHub) -> Iterator[None]:
 
 
 def test_a_query_outlives_its_pooled_connections_being_closed(hub_api: ApiHub) -> None:
-    """The API's pool is not pinged before each use: when the database closes pooled
-    connections (a restart, an idle timeout), the query that meets a dead one runs again on a
-    fresh connection, and so does the write of its audit rows on the connection held for them
-    — answered, and audited once."""
+    """The API's connections are not pinged before each use: when the database closes them (a
+    restart, an idle timeout), the query that meets a dead one — the connection its worker keeps
+    for reads, or a pooled one — runs again on a fresh connection, and so does the write of its
+    audit rows on the connection held for them — answered, and audited once."""
     if hub_api.engine.dialect.name != "postgresql":
         pytest.skip("an SQLite connection is a file: nothing closes it from the other side")
     engine = app_module.api_engine(hub_api.engine.url.render_as_string(hide_password=False))
@@ -851,7 +851,7 @@ def test_a_query_outlives_its_pooled_connections_being_closed(hub_api: ApiHub) -
     event.listen(engine, "connect", lambda dbapi_connection, _: backends.append(dbapi_connection.info.backend_pid))
 
     def close_the_pools_connections() -> None:
-        with engine.connect(), engine.connect():  # idle in the pool, besides the one audit writes hold
+        with engine.connect(), engine.connect():  # idle in the pool, besides the ones reads and audit writes hold
             pass
         assert backends and engine.pool.checkedin() > 0
         with hub_api.engine.connect() as admin:
