@@ -112,6 +112,18 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
         def resolve_dicts(_: object, __: object) -> list[dict[str, object]]:
             return [{"name": "d", "required": "z", "count": "7"}, {"required": "w", "colour": "green"}]
 
+        # Lists a list's short cut must leave to graphql-core: a null item, none at all.
+        with_null = graphene.List(Item)
+        empty = graphene.List(graphene.NonNull(Item), required=True)
+
+        @staticmethod
+        def resolve_with_null(_: object, __: object) -> list[dict[str, object] | None]:
+            return [{"name": "e", "required": "v"}, None]
+
+        @staticmethod
+        def resolve_empty(_: object, __: object) -> list[Item]:
+            return []
+
     schema = graphene.Schema(query=Query).graphql_schema
     PlainLeafExecution.plain, before = plain_leaves(schema), PlainLeafExecution.plain
     try:
@@ -120,6 +132,7 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
             "{ items { name required count colour at shout(times: 2) aliasOfName } }",
             "{ items { n: name name } dicts { name required count colour at } }",
             "{ dicts { __typename name colour } }",
+            "{ withNull { name required } empty { name } dicts { required count } }",
             "{ dicts { required } items { required } }",
         ):
             document = parse(query)
@@ -127,6 +140,6 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
             short_cut = execute(schema, document, execution_context_class=PlainLeafExecution)
             assert short_cut.data == standard.data
             assert [e.formatted for e in short_cut.errors or []] == [e.formatted for e in standard.errors or []]
-        assert standard.errors  # the cases above include errors, and they matched
+        assert standard.errors  # the cases above include errors, and they matched (the last one's)
     finally:
         PlainLeafExecution.plain = before

@@ -6,9 +6,9 @@ resolver, without arguments: a prefill's sixty `name`, `value`, `source`, `asOf`
 For each, graphql-core builds a resolve-info record, reads the (absent) arguments, calls the
 resolver through two layers of indirection and dispatches on the return type before it
 serialises — most of a prefill's execution time. `PlainLeafExecution` reads and serialises
-such a field directly, and an object made only of such fields in one pass. Everything else,
-and any value that is null or fails to serialise (the errors and their paths), goes the
-standard way.
+such a field directly, an object made only of such fields in one pass, and a list of such
+objects without completing each item on its own. Everything else, and any value that is null
+or fails to serialise (the errors and their paths), goes the standard way.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from graphql import (
     ExecutionContext,
     FieldNode,
     GraphQLEnumType,
+    GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
+    GraphQLResolveInfo,
     GraphQLScalarType,
     GraphQLSchema,
     Undefined,
@@ -153,15 +155,50 @@ class PlainLeafExecution(ExecutionContext):
         resolve-info per field; any other object, or one holding a null or a value that does not
         serialise, the standard way."""
         if self.middleware_manager is None:
-            answer = {}
-            for response_name, field_nodes in fields.items():
-                serialized = self._plain_value(parent_type, source_value, field_nodes[0])
-                if serialized is None:
-                    break
-                answer[response_name] = serialized
-            else:
+            answer = self._plain_object(parent_type, source_value, fields)
+            if answer is not None:
                 return answer
         return super().execute_fields(parent_type, source_value, path, fields)
+
+    def complete_list_value(
+        self,
+        return_type: GraphQLList[Any],
+        field_nodes: list[FieldNode],
+        info: GraphQLResolveInfo,
+        path: Path,
+        result: Any,
+    ) -> Any:
+        """A list of such objects (a prefill's thirteen-odd fields) is answered item by item in
+        one pass too, without graphql-core's completion of each item: its path, its dispatch on
+        the item's type, its look-up of the selection. A list holding anything else — a null, an
+        object with another kind of field — goes the standard way, whole."""
+        item_type = return_type.of_type
+        if isinstance(item_type, GraphQLNonNull):
+            item_type = item_type.of_type
+        plain_items = isinstance(item_type, GraphQLObjectType) and item_type.is_type_of is None
+        if self.middleware_manager is None and plain_items and isinstance(result, list):
+            fields = self.collect_subfields(item_type, field_nodes)
+            answers = []
+            for item in result:
+                answer = None if item is None else self._plain_object(item_type, item, fields)
+                if answer is None:
+                    break
+                answers.append(answer)
+            else:
+                return answers
+        return super().complete_list_value(return_type, field_nodes, info, path, result)
+
+    def _plain_object(
+        self, parent_type: GraphQLObjectType, source: Any, fields: dict[str, list[FieldNode]]
+    ) -> dict[str, Any] | None:
+        """The object's answer if every asked-for field is a plain leaf holding a value; None otherwise."""
+        answer = {}
+        for response_name, field_nodes in fields.items():
+            serialized = self._plain_value(parent_type, source, field_nodes[0])
+            if serialized is None:
+                return None
+            answer[response_name] = serialized
+        return answer
 
     def execute_field(
         self, parent_type: GraphQLObjectType, source: Any, field_nodes: list[FieldNode], path: Path
