@@ -49,7 +49,8 @@ class ApiServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}/graphql"
-        config = uvicorn.Config(create_app(engine, settings), log_level="warning", lifespan="off", access_log=False)
+        self.app = create_app(engine, settings)
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=asyncio.run, args=(self._server.serve(sockets=[self._socket]),), name="api", daemon=True
@@ -68,6 +69,7 @@ class ApiServer:
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self._socket.close()
+        self.app.graphql.close()  # the connections its worker kept (the lifespan, off here, would)
 
 
 @dataclass

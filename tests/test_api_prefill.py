@@ -22,6 +22,7 @@ from sqlalchemy import Engine, RowMapping, delete, event, func, insert, select, 
 from campushub.graphql.app import ApiSettings, api_engine
 from campushub.graphql.auth import Principal
 from campushub.graphql.coverage import FILLABLE, POPULATION, coverage
+from campushub.graphql.execution import THREADS_SETTING
 from campushub.graphql.forms import Form, FormField, catalog
 from campushub.graphql.permissions import ROLES
 from campushub.graphql.prefill import PATHS, Filled, entities_of, fill, load_own, load_subjects
@@ -420,14 +421,19 @@ def test_a_prefill_of_ones_own_record_costs_two_statements(hub_api: ApiHub) -> N
     assert statements[-1].startswith("INSERT INTO audit_log")
 
 
-def test_a_prefill_leaves_sqlite_the_statements_it_compiled(hub_api: ApiHub) -> None:
+# Operations on the event loop read on the connection their worker keeps; on threads, on pooled ones.
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_prefill_leaves_sqlite_the_statements_it_compiled(
+    hub_api: ApiHub, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No PRAGMA runs with a prefill but its deadline's busy timeout: a flag PRAGMA — as
     SQLAlchemy's reset of an isolation level at check-in — expires every statement SQLite has
     compiled on the connection, and the next prefill would compile its statement anew. Served
-    by an app of its own, whose every connection is traced from the start (the shared app's
+    by an app of its own, whose every connection is traced once in use (the shared app's
     workers keep theirs), after a first prefill has set its connections up."""
     if hub_api.engine.dialect.name != "sqlite":
         pytest.skip("a PostgreSQL session's prepared statements outlive such settings")
+    monkeypatch.setenv(THREADS_SETTING, str(threads))
     form = catalog()["enrollment_certificate"]
     executed: list[str] = []
     recording = threading.Event()
@@ -438,7 +444,8 @@ def test_a_prefill_leaves_sqlite_the_statements_it_compiled(hub_api: ApiHub) -> 
             executed.append(statement)
 
     engine = api_engine(hub_api.engine.url.render_as_string(hide_password=False))
-    event.listen(engine, "connect", lambda dbapi_connection, _: dbapi_connection.set_trace_callback(trace))
+    # From each connection's first checkout on — not its set-up, which a new one runs once — for good.
+    event.listen(engine, "checkout", lambda dbapi_connection, *_: dbapi_connection.set_trace_callback(trace))
     try:
         with ApiServer(engine, ApiSettings()) as server:
             api = Api(server.url, user_for(hub_api, form))
@@ -446,6 +453,7 @@ def test_a_prefill_leaves_sqlite_the_statements_it_compiled(hub_api: ApiHub) -> 
             recording.set()
             for _ in range(2):
                 prefill(api, form.id)
+            recording.clear()  # (at its end the app gives its connections back: not a prefill's)
     finally:
         engine.dispose()
     assert sum(statement.startswith("SELECT person.id") for statement in executed) == 2, executed

@@ -72,6 +72,7 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
     """PlainLeafExecution reads default-resolved scalars directly: the answer — values, nulls,
     errors and their paths — must be what graphql-core's own execution gives."""
     import datetime as dt
+    from typing import Any
 
     import graphene
     from graphql import ExecutionContext, execute, parse
@@ -112,9 +113,18 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
         def resolve_dicts(_: object, __: object) -> list[dict[str, object]]:
             return [{"name": "d", "required": "z", "count": "7"}, {"required": "w", "colour": "green"}]
 
-        # Lists a list's short cut must leave to graphql-core: a null item, none at all.
+        # Lists a list's short cut must leave to graphql-core: a null item, an error in place of
+        # one (whose attributes would pass for the fields asked for), none at all.
         with_null = graphene.List(Item)
+        with_error = graphene.List(Item)
         empty = graphene.List(graphene.NonNull(Item), required=True)
+
+        @staticmethod
+        def resolve_with_error(_: object, __: object) -> list[object]:
+            class ItemError(Exception):
+                name, required = "looks", "like an item"
+
+            return [{"name": "f", "required": "u"}, ItemError("no such item")]
 
         @staticmethod
         def resolve_with_null(_: object, __: object) -> list[dict[str, object] | None]:
@@ -133,6 +143,7 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
             "{ items { n: name name } dicts { name required count colour at } }",
             "{ dicts { __typename name colour } }",
             "{ withNull { name required } empty { name } dicts { required count } }",
+            "{ withError { name required } }",
             "{ dicts { required } items { required } }",
         ):
             document = parse(query)
@@ -141,5 +152,24 @@ def test_the_short_cut_for_plain_fields_answers_as_graphql_core_does() -> None:
             assert short_cut.data == standard.data
             assert [e.formatted for e in short_cut.errors or []] == [e.formatted for e in standard.errors or []]
         assert standard.errors  # the cases above include errors, and they matched (the last one's)
+
+        # And the short cut is taken: a list of plain objects is never completed item by item.
+        completed_lists: list[str] = []
+
+        def standard_list(context: ExecutionContext, return_type: Any, *args: Any) -> Any:
+            completed_lists.append(str(return_type))
+            return completing_a_list(context, return_type, *args)
+
+        completing_a_list = ExecutionContext.complete_list_value
+        ExecutionContext.complete_list_value = standard_list  # type: ignore[method-assign]
+        try:
+            document = parse("{ dicts { required } withNull { name } }")  # (a null item: the standard way)
+            assert execute(schema, document, execution_context_class=PlainLeafExecution).errors is None
+            assert completed_lists == ["[Item]"]
+            completed_lists.clear()
+            execute(schema, document, execution_context_class=ExecutionContext)
+            assert completed_lists == ["[Item]", "[Item]"]
+        finally:
+            ExecutionContext.complete_list_value = completing_a_list  # type: ignore[method-assign]
     finally:
         PlainLeafExecution.plain = before

@@ -171,7 +171,8 @@ class PlainLeafExecution(ExecutionContext):
         """A list of such objects (a prefill's thirteen-odd fields) is answered item by item in
         one pass too, without graphql-core's completion of each item: its path, its dispatch on
         the item's type, its look-up of the selection. A list holding anything else — a null, an
-        object with another kind of field — goes the standard way, whole."""
+        error or an awaitable in place of an item, an object with another kind of field — goes
+        the standard way, whole."""
         item_type = return_type.of_type
         if isinstance(item_type, GraphQLNonNull):
             item_type = item_type.of_type
@@ -180,7 +181,9 @@ class PlainLeafExecution(ExecutionContext):
             fields = self.collect_subfields(item_type, field_nodes)
             answers = []
             for item in result:
-                answer = None if item is None else self._plain_object(item_type, item, fields)
+                if item is None or isinstance(item, Exception) or self.is_awaitable(item):
+                    break
+                answer = self._plain_object(item_type, item, fields)
                 if answer is None:
                     break
                 answers.append(answer)
