@@ -121,8 +121,10 @@ def _insert_of(dialect: Dialect, count: int, names: tuple[str, ...]) -> _Insert:
         raise ValueError(f"audit rows are written for qmark and format paramstyles, not {dialect.paramstyle}")
     row = "(" + ", ".join([placeholder] * len(names)) + ")"
     sql = f"INSERT INTO {AuditEntry.__tablename__} ({', '.join(names)}) VALUES {', '.join([row] * count)}"
-    types = [AuditEntry.__table__.c[name].type.dialect_impl(dialect) for name in names]
-    return _Insert(sql, tuple((name, kind.bind_processor(dialect)) for name, kind in zip(names, types, strict=True)))
+    columns = AuditEntry.__table__.c
+    return _Insert(
+        sql, tuple((name, columns[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names)
+    )
 
 
 class _Waiting(NamedTuple):
