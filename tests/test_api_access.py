@@ -35,6 +35,8 @@ from campushub.models.service import (
 )
 from campushub.models.sources import FRESHNESS
 from campushub.models.unified import Conflict, OrgUnit, Person, Staff, Student
+from campushub.reference.codes import code_table
+from campushub.reference.identity import DOCUMENT_TYPES
 from tests.api_support import Api, ApiHub
 
 FORBIDDEN, NOT_FOUND = "FORBIDDEN", "NOT_FOUND"
@@ -376,9 +378,16 @@ def test_id_number_is_masked_except_where_a_form_declares_it(hub_api: ApiHub) ->
     person_id = person_id_of_student(hub_api.engine, me.subject)
     number = id_number_of(hub_api.engine, person_id)
     api = hub_api.as_role("student")
-    answer = api.query("{ me { student { idNumber } data { name value } } }")
+    answer = api.query("{ me { student { idNumber idType { code label } } data { name value } } }")
     assert "errors" not in answer
     assert masked_like(answer["data"]["me"]["student"]["idNumber"], number)
+    with hub_api.engine.connect() as connection:
+        id_type = connection.execute(select(Person.id_type).where(Person.id == person_id)).scalar_one()
+    # The document's kind beside its masked number, labelled from the code table.
+    assert answer["data"]["me"]["student"]["idType"] == {
+        "code": id_type,
+        "label": code_table(DOCUMENT_TYPES)[id_type].name,
+    }
     data = {field["name"]: field["value"] for field in answer["data"]["me"]["data"]}
     assert masked_like(data["person.id_number"], number)
     checked = set()

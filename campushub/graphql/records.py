@@ -24,6 +24,7 @@ from campushub.models.protect import decrypt_id, mask_id
 from campushub.models.quality import mask_phone
 from campushub.models.unified import ClassGroup, FeeBill, Major, OrgUnit, Payment, Person, Staff, Student
 from campushub.reference.codes import code_table
+from campushub.reference.identity import DOCUMENT_TYPES
 
 MASKS: dict[str, Callable[[str], str]] = {"phone": mask_phone, ID_NUMBER: mask_id}
 
@@ -241,6 +242,7 @@ PERSON_COLUMNS = (
     Person.sex,
     Person.phone.label("person_phone"),
     Person.email.label("person_email"),
+    Person.id_type,
     Person.id_number_cipher,
 )
 
@@ -278,6 +280,11 @@ def _id_number(view: View, _: RequestContext) -> str | None:
     return decrypt_id(cipher) if cipher is not None else None
 
 
+def _id_type(view: View, _: RequestContext) -> Code | None:
+    # Beside the number: a masked number alone does not say whether it is a resident ID or a passport.
+    return Code.of(DOCUMENT_TYPES, view.row["id_type"])
+
+
 class StudentType(graphene.ObjectType):
     """A student as academic affairs registers them; the person fields are the golden record's."""
 
@@ -311,6 +318,9 @@ class StudentType(graphene.ObjectType):
     phone = graphene.String(resolver=column("phone", "person_phone"))
     email = graphene.String(resolver=guarded("email", lambda v, _: v.row["email"] or v.row["person_email"]))
     id_number = graphene.String(resolver=guarded(ID_NUMBER, _id_number))
+    id_type = graphene.Field(
+        Code, description="the kind of document the ID number is", resolver=guarded("idType", _id_type)
+    )
     fee_status = graphene.Field(
         FeeStatus, resolver=guarded("feeStatus", lambda v, c: _load(c, "fees", v.row["student_no"]))
     )
@@ -372,6 +382,9 @@ class StaffType(graphene.ObjectType):
     phone = graphene.String(resolver=column("phone", "person_phone"))
     email = graphene.String(resolver=guarded("email", lambda v, _: v.row["email"] or v.row["person_email"]))
     id_number = graphene.String(resolver=guarded(ID_NUMBER, _id_number))
+    id_type = graphene.Field(
+        Code, description="the kind of document the ID number is", resolver=guarded("idType", _id_type)
+    )
 
 
 # ---------------------------------------------------------------------- cursor paging
