@@ -40,6 +40,7 @@ from campushub.connectors.base import (
     StreamSpec,
 )
 from campushub.connectors.settings import http_settings_from_env, require_env
+from campushub.reference.finance import POSTING_LAG
 from campushub.reference.source_codes import BILL_STATUS
 
 FEE_BILLS_PATH = "/exports/fee-bills.csv"
@@ -50,8 +51,6 @@ ISO_SECONDS = "%Y-%m-%dT%H:%M:%S%z"
 SLASHED = "%Y/%m/%d"
 LONGEST_RECORD = 1024 * 1024  # bytes without a record's end: an unbalanced quote, not a bill
 OVERFLOW = "_overflow"  # where values beyond the header's columns are kept, so nothing is dropped
-# The finance office records a bank transfer once it settles: up to three days after the payment.
-POSTING_LAG = dt.timedelta(days=3)
 
 
 STREAMS = {

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from campushub.reference.finance import POSTING_LAG
+
 if TYPE_CHECKING:
     from campushub.simulators.world import Bill, CardAccount, CardTransaction, Payment, Staff, Student, World
 
@@ -59,9 +61,9 @@ ON_REQUEST_KINDS: dict[str, int] = {
     "late_payment": 1,  # a bill paid by bank transfer, recorded now with the day it was paid
 }
 # How long before it is recorded a late-posted payment was made: bank transfers settle in days.
-# Within the three days the finance connector reaches back (its POSTING_LAG), as the finance
-# office promises; a payment posted later than that is for the `payments_held` check to find.
-LATE_POSTING = (dt.timedelta(hours=2), dt.timedelta(hours=60))
+# Within the lag the finance office promises (and its connector reaches back over), with half a
+# day to spare; a payment posted later than that is for the `payments_held` check to find.
+LATE_POSTING = (dt.timedelta(hours=2), POSTING_LAG - dt.timedelta(hours=12))
 _PROMOTIONS = {"014": "013", "013": "012", "012": "011", "083": "082", "082": "081", "093": "092", "092": "091"}
 _STATUS_MOVES = {"01": ("02", "03"), "02": ("05",), "05": ("02",), "13": ("01",), "03": ("03",)}
 
