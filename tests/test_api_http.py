@@ -949,6 +949,61 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
     assert asyncio.run(request(9)) == "answer 9" and writes[-1] == ([9], 100.0)
 
 
+def test_an_answer_leaves_before_the_work_of_requests_that_arrived_while_it_ran() -> None:
+    """On a worker's loop as uvicorn runs it (uvloop, a request's task made as its data comes
+    in): a request arriving while another's operation runs waits for that answer to leave, not
+    the other way round."""
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from campushub.graphql.audit import TurnWriter
+
+    events: list[str] = []
+    writer = TurnWriter(lambda rows, _by: events.append(f"wrote {[row['request'] for row in rows]}"))
+    later: list[asyncio.Task[None]] = []
+
+    async def request(name: str, arriving: socket.socket | None = None) -> None:
+        events.append(f"{name} operation")
+        if arriving is not None:
+            arriving.send(b"C")  # another request comes in meanwhile
+        await writer.write([{"request": name}], 100.0)
+        events.append(f"{name} answered")
+
+    class Arrivals(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            later.append(asyncio.get_running_loop().create_task(request(data.decode())))
+
+    async def worker() -> None:
+        ours, theirs = socket.socketpair()
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Arrivals, ours)
+        try:
+            await request("A", arriving=theirs)
+            for _ in range(100):  # bounded: C comes in at the loop's next look at its sockets
+                if later:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*later)
+        finally:
+            transport.close()
+            theirs.close()
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(worker())
+    finally:
+        loop.close()
+    assert events == [
+        "A operation",
+        "wrote ['A']",
+        "A answered",
+        "C operation",
+        "wrote ['C']",
+        "C answered",
+    ]
+
+
 def test_sqlite_checkpoints_run_off_the_request_path_and_stop_when_writes_do(tmp_path: Any) -> None:
     import time
 

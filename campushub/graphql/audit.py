@@ -127,10 +127,19 @@ def _insert_of(dialect: Dialect, count: int, names: tuple[str, ...]) -> _Insert:
     )
 
 
-class _Waiting(NamedTuple):
+@dataclass(slots=True)
+class _Waiting:
     rows: list[dict]
     deadline: float  # time.monotonic() by which the request must be answered
-    written: asyncio.Future[None]
+    failure: BaseException | None = None  # what writing its rows raised
+
+
+@dataclass(slots=True)
+class _Turn:
+    """The rows of the queries a worker answered in one turn of its event loop."""
+
+    waiting: list[_Waiting] = field(default_factory=list)
+    written: bool = False  # (or failed: then each `_Waiting` holds its failure)
 
 
 class TurnWriter:
@@ -138,58 +147,59 @@ class TurnWriter:
     one INSERT, before any of their answers leaves.
 
     Operations run on the event loop, one after another; the requests that arrived together —
-    ready in the same turn — each run theirs and queue their rows, and the first to queue one
-    schedules the write after them all. Each answer still waits for its rows to be committed
-    (no read without its audit row), now with the rows of the requests beside it: one statement
-    and one commit, its wait for the write-ahead log's flush included, where each request had
-    its own. The busier the worker, the more requests share a write.
+    ready in the same turn — each run theirs, queue their rows and step aside for one turn. The
+    first of them back writes the rows of all, and each answer leaves as its request comes back:
+    one statement and one commit, its wait for the write-ahead log's flush included, where each
+    request had its own (no read without its audit row). The busier the worker, the more requests
+    share a write.
 
-    `write(rows, deadline)` is given the earliest deadline of the requests it writes for. If a
-    shared write fails, each request's rows are written on their own, so that a row the database
-    refuses withholds only its own request's answer."""
+    The write happens as the requests come back, not in a callback of its own: woken from a
+    callback, they would come back a turn later, behind the operations of the requests that
+    arrived meanwhile — at 800 requests a second, half as long again to wait for an answer.
+
+    The write is given the earliest deadline of the requests it writes for. If a shared write
+    fails, each request's rows are written on their own, so that a row the database refuses
+    withholds only its own request's answer. A request cancelled while it stepped aside (its
+    client gone) still has its rows written, as its read has happened."""
 
     def __init__(self, write: Callable[[list[dict], float], None]) -> None:
         self._write = write
-        self._waiting: dict[asyncio.AbstractEventLoop, list[_Waiting]] = {}
+        self._open: dict[asyncio.AbstractEventLoop, _Turn] = {}
 
     async def write(self, rows: list[dict], deadline: float) -> None:
         """Returns once `rows` are committed; raises what their write raised."""
         loop = asyncio.get_running_loop()
-        waiting = self._waiting.get(loop)
-        if waiting is None:
-            waiting = self._waiting[loop] = []
-            loop.call_soon(self._flush, loop)  # after the operations queued in this turn
-        written: asyncio.Future[None] = loop.create_future()
-        waiting.append(_Waiting(rows, deadline, written))
-        await written
+        turn = self._open.get(loop)
+        if turn is None:
+            turn = self._open[loop] = _Turn()
+        waiting = _Waiting(rows, deadline)
+        turn.waiting.append(waiting)
+        try:
+            await asyncio.sleep(0)  # the operations ready in this turn run now, and queue their rows
+        finally:
+            if not turn.written:  # the first back writes for all
+                self._flush(loop, turn)
+        if waiting.failure is not None:
+            raise waiting.failure
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        batch = self._waiting.pop(loop, [])
+    def _flush(self, loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
+        if self._open.get(loop) is turn:
+            del self._open[loop]
+        turn.written = True
+        batch = turn.waiting
         try:
             self._write([row for waiting in batch for row in waiting.rows], min(w.deadline for w in batch))
         except Exception as error:
             if len(batch) == 1 or isinstance(error, TimeoutError):
-                _settle(batch, error)
+                for waiting in batch:
+                    waiting.failure = error
                 return
             for waiting in batch:  # which request's rows were refused: each answers for its own
                 try:
                     self._write(waiting.rows, waiting.deadline)
                 except Exception as own_error:
-                    _settle([waiting], own_error)
-                else:
-                    _settle([waiting], None)
-        except BaseException as error:  # (interrupted: no request waits for ever)
-            _settle(batch, error)
+                    waiting.failure = own_error
+        except BaseException as error:  # (interrupted: no request goes on as if written)
+            for waiting in batch:
+                waiting.failure = error
             raise
-        else:
-            _settle(batch, None)
-
-
-def _settle(batch: list[_Waiting], failure: BaseException | None) -> None:
-    for waiting in batch:
-        if waiting.written.done():  # its request was cancelled: its client is gone
-            continue
-        if failure is None:
-            waiting.written.set_result(None)
-        else:
-            waiting.written.set_exception(failure)
