@@ -388,6 +388,17 @@ def test_id_number_is_masked_except_where_a_form_declares_it(hub_api: ApiHub) ->
         "code": id_type,
         "label": code_table(DOCUMENT_TYPES)[id_type].name,
     }
+    # The same for a member of staff, on their own record.
+    staff = hub_api.users["staff"]
+    with hub_api.engine.connect() as connection:
+        staff_person = connection.execute(
+            select(Person.id_type, Person.id_number_cipher)
+            .join(Staff, Staff.person_id == Person.id)
+            .where(Staff.staff_no == staff.subject)
+        ).one()
+    mine = hub_api.as_role("staff").query("{ me { staff { idNumber idType { code } } } }")["data"]["me"]["staff"]
+    assert masked_like(mine["idNumber"], decrypt_id(staff_person.id_number_cipher))
+    assert mine["idType"] == {"code": staff_person.id_type}
     data = {field["name"]: field["value"] for field in answer["data"]["me"]["data"]}
     assert masked_like(data["person.id_number"], number)
     checked = set()

@@ -911,15 +911,20 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
 
     writes: list[tuple[list[Any], float]] = []
 
+    class Interrupted(BaseException):
+        pass
+
     def write(rows: list[dict], by: float) -> None:
         if any(row.get("refused") for row in rows):
             raise RuntimeError("the database refused a row")
+        if [row.get("interrupts") for row in rows] == [True]:  # its own write, after a shared one failed
+            raise Interrupted
         writes.append(([row["request"] for row in rows], by))
 
     writer = TurnWriter(write)
 
-    async def request(n: int, rows: int = 1, refused: bool = False, by: float = 100.0) -> str:
-        await writer.write([{"request": n, "refused": refused}] * rows, by)
+    async def request(n: int, rows: int = 1, refused: bool = False, interrupts: bool = False, by: float = 100.0) -> str:
+        await writer.write([{"request": n, "refused": refused, "interrupts": interrupts}] * rows, by)
         return f"answer {n}"
 
     async def turns() -> list[Any]:
@@ -927,7 +932,11 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
         alone = await request(4)
         # A refused row withholds its own request's answer only: the others are written apart.
         mixed = await asyncio.gather(request(5), request(6, refused=True), request(7), return_exceptions=True)
-        return [*together, alone, *mixed]
+        # Interrupted while writing them one by one: the requests not yet written are not answered.
+        cut = await asyncio.gather(
+            request(10, refused=True), request(11, interrupts=True), request(12), return_exceptions=True
+        )
+        return [*together, alone, *mixed, *cut]
 
     answers = asyncio.run(turns())
     assert answers[:4] == ["answer 1", "answer 2", "answer 3", "answer 4"]
@@ -936,6 +945,10 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
     # Rows of the requests that were ready together went at once, by the earliest of their deadlines.
     assert writes[:2] == [([1, 2, 2, 3], 20.0), ([4], 100.0)]
     assert writes[2:] == [([5], 100.0), ([7], 100.0)]
+    # The interruption goes on in the request that was writing (the first back); 12 was never
+    # written, and neither it nor 11 is answered.
+    assert isinstance(answers[7], Interrupted)
+    assert all(isinstance(answer, RuntimeError) and "interrupted" in str(answer) for answer in answers[8:10])
 
     # A loop that stopped before its write ran leaves nothing in another loop's way.
     abandoned = asyncio.new_event_loop()
@@ -946,6 +959,7 @@ def test_the_audit_rows_of_queries_ready_together_go_in_one_write() -> None:
     stranded.cancel()  # what a worker's shutdown does to its requests in flight
     abandoned.run_until_complete(asyncio.gather(stranded, return_exceptions=True))
     abandoned.close()
+    assert writes[-1] == ([8], 100.0)  # its read happened: its rows are written all the same
     assert asyncio.run(request(9)) == "answer 9" and writes[-1] == ([9], 100.0)
 
 
@@ -956,10 +970,9 @@ def test_an_answer_leaves_before_the_work_of_requests_that_arrived_while_it_ran(
     import asyncio
     import socket
 
-    import uvloop
-
     from campushub.graphql.audit import TurnWriter
 
+    uvloop = pytest.importorskip("uvloop")  # what uvicorn runs a worker's loop on where it is installed
     events: list[str] = []
     writer = TurnWriter(lambda rows, _by: events.append(f"wrote {[row['request'] for row in rows]}"))
     later: list[asyncio.Task[None]] = []

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from types import TracebackType
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Dialect
@@ -132,6 +133,10 @@ class _Waiting:
     rows: list[dict]
     deadline: float  # time.monotonic() by which the request must be answered
     failure: BaseException | None = None  # what writing its rows raised
+    traceback: TracebackType | None = None  # (each request raises it with the write's own frames)
+
+    def failed(self, error: BaseException | None) -> None:
+        self.failure, self.traceback = error, error.__traceback__ if error is not None else None
 
 
 @dataclass(slots=True)
@@ -180,26 +185,32 @@ class TurnWriter:
             if not turn.written:  # the first back writes for all
                 self._flush(loop, turn)
         if waiting.failure is not None:
-            raise waiting.failure
+            raise waiting.failure.with_traceback(waiting.traceback)
 
     def _flush(self, loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
         if self._open.get(loop) is turn:
             del self._open[loop]
         turn.written = True
         batch = turn.waiting
+        # Failed until a write of its rows returns: a request whose write was interrupted half-way
+        # (a BaseException, which goes on to whoever was writing) is not answered as if written.
+        interrupted = RuntimeError("audit rows not written: their write was interrupted")
+        for waiting in batch:
+            waiting.failed(interrupted)
         try:
             self._write([row for waiting in batch for row in waiting.rows], min(w.deadline for w in batch))
         except Exception as error:
             if len(batch) == 1 or isinstance(error, TimeoutError):
                 for waiting in batch:
-                    waiting.failure = error
+                    waiting.failed(error)
                 return
             for waiting in batch:  # which request's rows were refused: each answers for its own
                 try:
                     self._write(waiting.rows, waiting.deadline)
                 except Exception as own_error:
-                    waiting.failure = own_error
-        except BaseException as error:  # (interrupted: no request goes on as if written)
+                    waiting.failed(own_error)
+                else:
+                    waiting.failed(None)
+        else:
             for waiting in batch:
-                waiting.failure = error
-            raise
+                waiting.failed(None)
