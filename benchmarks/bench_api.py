@@ -405,6 +405,12 @@ class LoadResult:
     def late_percentile(self, q: float) -> float:
         return _percentile(self.lateness, q)
 
+    def share_later_than(self, milliseconds: float) -> float:
+        """Of the answers, the share that took longer than `milliseconds`: how much of the load a
+        p99 speaks for (a p99 over the goal may be a few stalls or a slow server)."""
+        limit = milliseconds / 1000
+        return sum(latency > limit for latency in self.latencies) / len(self.latencies) if self.latencies else 0.0
+
 
 def _percentile(seconds: list[float], q: float) -> float:
     """In milliseconds; 0 for no values."""
@@ -668,16 +674,23 @@ def report(
     for title, suffix in (("saturation: closed loop", ""), (f"open loop at {args.rate:,.0f} req/s offered", "@rate")):
         api, baseline = results[f"api{suffix}"], results[f"baseline{suffix}"]
         print(f"# {title}")
-        print(f"{'':10} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'server CPU':>11} {'client CPU':>11}")
+        late = f"> {GOAL_P99_MS:.0f} ms"
+        print(
+            f"{'':10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {late:>8} {'req/s':>8} {'server CPU':>11} "
+            f"{'client CPU':>11}"
+        )
         for name, result in (("graphql", api), ("baseline", baseline)):
             print(
-                f"{name:10} {result.percentile(0.50):>8.2f} {result.percentile(0.99):>8.2f} {result.rps:>8.0f} "
+                f"{name:10} {result.percentile(0.50):>8.2f} {result.percentile(0.90):>8.2f} "
+                f"{result.percentile(0.99):>8.2f} {result.share_later_than(GOAL_P99_MS):>8.2%} {result.rps:>8.0f} "
                 f"{result.server_cpu / result.seconds:>10.0%} {result.client_cpu / result.seconds:>10.0%}"
             )
         print(
             f"ratio      {api.percentile(0.50) / baseline.percentile(0.50):>8.2f} "
-            f"{api.percentile(0.99) / baseline.percentile(0.99):>8.2f} {api.rps / baseline.rps:>8.2f}"
-            f"   (graphql / baseline; CPU as a share of one core)"
+            f"{api.percentile(0.90) / baseline.percentile(0.90):>8.2f} "
+            f"{api.percentile(0.99) / baseline.percentile(0.99):>8.2f} {'':>8} {api.rps / baseline.rps:>8.2f}"
+            f"   (graphql / baseline; '{late}': the share of answers later than the goal's p99; "
+            "CPU as a share of one core)"
         )
         print(
             f"server CPU per request: graphql {api.server_cpu / requests * 1000:.2f} ms, "
