@@ -19,6 +19,7 @@ from graphql import GraphQLObjectType, get_named_type
 from sqlalchemy import Engine, RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 
+from campushub.graphql import audit as audit_module
 from campushub.graphql.auth import Principal
 from campushub.graphql.forms import catalog
 from campushub.graphql.permissions import ROLES
@@ -491,6 +492,38 @@ def test_the_audit_log_is_append_only(hub_api: ApiHub) -> None:
             connection.execute(statement)
     rows = audit_rows(hub_api.engine, request_id)
     assert rows and all(row["actor"] == hub_api.users["student"].subject for row in rows)
+
+
+def test_audit_rows_beyond_one_statement_are_written_all_or_none(
+    hub_api: ApiHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On an autocommit connection, as the workers write a turn's rows: a batch whose later
+    statement fails leaves none of its rows, so that writing them again request by request
+    cannot write any twice."""
+    monkeypatch.setattr(audit_module, "ROWS_PER_STATEMENT", 2)
+    request_id = str(uuid.uuid4())
+
+    def row(n: int, outcome: str | None = "allowed") -> dict[str, Any]:
+        return {
+            "at": dt.datetime.now(dt.UTC),
+            "request_id": request_id,
+            "actor": "audit-test",
+            "actor_role": "steward",
+            "purpose": "steward",
+            "subject_person_id": None,
+            "entity": "test",
+            "fields": [f"field{n}"],
+            "outcome": outcome,
+            "detail": None,
+        }
+
+    with hub_api.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        with pytest.raises(DBAPIError):  # the third row breaks a NOT NULL, in the second statement
+            audit_module.write_rows(connection, [row(1), row(2), row(3, outcome=None)])
+        assert audit_rows(hub_api.engine, request_id) == []
+        audit_module.write_rows(connection, [row(4), row(5), row(6)])  # the connection is usable again
+    assert [row["fields"] for row in audit_rows(hub_api.engine, request_id)] == [["field4"], ["field5"], ["field6"]]
 
 
 def test_my_access_log_shows_the_officers_read(hub_api: ApiHub) -> None:

@@ -9,6 +9,7 @@ no read without its audit row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
@@ -87,11 +88,27 @@ def write_rows(connection: Connection, rows: list[dict]) -> None:
     """The rows as one multi-row INSERT (per chunk): a single statement is atomic even on an
     autocommit connection, and on SQLite it holds the write lock only while SQLite itself runs
     — not across Python code waiting for the GIL, as BEGIN … COMMIT in separate calls would,
-    stalling the other API workers' audit writes."""
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start : start + ROWS_PER_STATEMENT]
-        insert = _insert_of(connection.dialect, len(chunk), tuple(chunk[0]))
-        connection.exec_driver_sql(insert.sql, insert.parameters(chunk))
+    stalling the other API workers' audit writes.
+
+    Rows beyond one statement's go in a transaction of their own where the connection is in
+    autocommit: all or none of them, so that a batch that failed half-way and is written again
+    request by request (`TurnWriter`) leaves no row twice."""
+    chunks = [rows[start : start + ROWS_PER_STATEMENT] for start in range(0, len(rows), ROWS_PER_STATEMENT)]
+    autocommit = connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+    own_transaction = len(chunks) > 1 and autocommit
+    if own_transaction:
+        connection.exec_driver_sql("BEGIN")
+    try:
+        for chunk in chunks:
+            insert = _insert_of(connection.dialect, len(chunk), tuple(chunk[0]))
+            connection.exec_driver_sql(insert.sql, insert.parameters(chunk))
+    except BaseException:
+        if own_transaction:
+            with contextlib.suppress(Exception):  # (a lost connection took the transaction with it)
+                connection.exec_driver_sql("ROLLBACK")
+        raise
+    if own_transaction:
+        connection.exec_driver_sql("COMMIT")
 
 
 class _Insert(NamedTuple):
