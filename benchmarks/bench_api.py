@@ -56,7 +56,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +394,8 @@ class LoadResult:
     server_cpu: float
     failures: list[str]
     lateness: list[float]  # open loop: the load generator's own delay in sending (`Driven`)
+    # Merged from rounds: each round's own p99 (ms) — whether a miss is one bad round or all of them.
+    p99_by_round: list[float] = field(default_factory=list)
 
     @property
     def rps(self) -> float:
@@ -573,6 +575,7 @@ def _merged(runs: list[LoadResult]) -> LoadResult:
         sum(run.server_cpu for run in runs),
         [failure for run in runs for failure in run.failures],
         [late for run in runs for late in run.lateness],
+        [run.percentile(0.99) for run in runs],
     )
 
 
@@ -696,6 +699,14 @@ def report(
             f"server CPU per request: graphql {api.server_cpu / requests * 1000:.2f} ms, "
             f"baseline {baseline.server_cpu / requests * 1000:.2f} ms; {requests:,} requests each"
         )
+        if len(api.p99_by_round) > 1:
+            print(
+                "p99 by round (ms): "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{p99:.1f}" for p99 in result.p99_by_round)
+                    for name, result in (("graphql", api), ("baseline", baseline))
+                )
+            )
         if suffix:
             print(
                 "the load generator's own delay in sending, over the requests that had a free connection before "
